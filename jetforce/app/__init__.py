@@ -1,0 +1,1 @@
+"""Application framework: routing, the static file and CGI server, virtual hosts."""

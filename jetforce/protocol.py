@@ -1,0 +1,220 @@
+"""
+One Gemini connection, from accept to close_notify.
+
+When TLS is on, GeminiProtocol sits inside GeminiTLSTransport, which calls
+connectionMade as soon as TCP is accepted, before the handshake. The
+request timer (REQUEST_TIMEOUT seconds) starts there, so it covers the
+handshake and the request line together. The connection then moves through
+ConnectionState:
+
+- WAITING_FOR_REQUEST: bytes feed a RequestLineReader. A complete line
+  starts the response, a bad one is answered with its status (59) at once,
+  and the timer running out closes the connection.
+- RESPONDING: a ResponseStreamer writes the application's header and body.
+  Bytes from the client are ignored: one connection, one request.
+- CLOSING: loseConnection() was called. The TLS transport sends
+  close_notify and closes TCP without waiting for the client's.
+- CLOSED: connectionLost ran. Nothing leaves this state.
+
+Every response, errors included, gets one access log line.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .environ import build_environ
+from .errors import RequestError
+from .streaming import ResponseOutcome, ResponseStreamer
+from .wire import RequestLineReader, format_response_header
+
+if TYPE_CHECKING:
+    from .server import GeminiServer
+
+# Gemini clients send the request right after the handshake; a connection
+# that has not sent a complete line this many seconds after accept is closed.
+REQUEST_TIMEOUT = 10.0
+
+# The status a client must send a certificate for: the server warns when it
+# answers this status but never requests certificates.
+CLIENT_CERTIFICATE_REQUIRED = 60
+
+
+class ConnectionState(enum.Enum):
+    WAITING_FOR_REQUEST = "waiting for the request"
+    RESPONDING = "responding"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_ALLOWED_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
+    ConnectionState.WAITING_FOR_REQUEST: frozenset(
+        {ConnectionState.RESPONDING, ConnectionState.CLOSING, ConnectionState.CLOSED}
+    ),
+    ConnectionState.RESPONDING: frozenset({ConnectionState.CLOSING, ConnectionState.CLOSED}),
+    ConnectionState.CLOSING: frozenset({ConnectionState.CLOSED}),
+    ConnectionState.CLOSED: frozenset(),
+}
+
+
+def format_peer(address: object) -> str:
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    return str(address)
+
+
+@implementer(IHandshakeListener)
+class GeminiProtocol(Protocol):
+    def __init__(self, server: GeminiServer, app: Any) -> None:
+        self.server = server
+        self.app = app
+        self.state = ConnectionState.WAITING_FOR_REQUEST
+        self.remote_addr = "-"
+        self.handshake_done = False
+        self._reader = RequestLineReader()
+        self._timeout_call: IDelayedCall | None = None
+        self._streamer: ResponseStreamer | None = None
+        self._url = ""
+
+    @property
+    def log(self) -> Any:
+        return self.server.log
+
+    def _set_state(self, new_state: ConnectionState) -> None:
+        if new_state not in _ALLOWED_TRANSITIONS[self.state]:
+            raise RuntimeError(f"connection from {self.remote_addr} cannot go from {self.state} to {new_state}")
+        self.state = new_state
+
+    # Events from the transport.
+
+    def connectionMade(self) -> None:
+        self.remote_addr = format_peer(self.transport.getPeer())
+        self._timeout_call = self.server.reactor.callLater(self.server.request_timeout, self._request_timed_out)
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is not ConnectionState.WAITING_FOR_REQUEST:
+            return
+
+        try:
+            url = self._reader.feed(data)
+        except RequestError as error:
+            self._cancel_timeout()
+            self._reject(error)
+            return
+        if url is None:
+            return
+
+        self._cancel_timeout()
+        self._respond(url)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        previous_state = self.state
+        self._cancel_timeout()
+        if self.state is not ConnectionState.CLOSED:
+            self._set_state(ConnectionState.CLOSED)
+
+        if previous_state is ConnectionState.RESPONDING and self._streamer is not None:
+            # The client went away mid-response: stop pulling the body and
+            # cancel any Deferred the application is waiting on.
+            self._streamer.stopProducing()
+            outcome = self._streamer.outcome
+            self.log.info(
+                "{peer} disconnected during the response to {url} after {count} bytes",
+                peer=self.remote_addr,
+                url=self._url,
+                count=outcome.bytes_sent,
+            )
+            self._log_access(self._url, outcome)
+        elif previous_state is ConnectionState.WAITING_FOR_REQUEST:
+            self._log_early_close(reason)
+
+    # Request handling.
+
+    def _respond(self, url: str) -> None:
+        self._set_state(ConnectionState.RESPONDING)
+        self._url = url
+        streamer = ResponseStreamer(
+            transport=self.transport,
+            clock=self.server.reactor,
+            log=self.log,
+            peer=self.remote_addr,
+            url=url,
+            on_finished=self._response_finished,
+        )
+        self._streamer = streamer
+        environ = build_environ(url, self.server.identity, self.remote_addr, self._tls_session())
+
+        try:
+            body = self.app(environ, streamer.send_status)
+        except Exception:
+            streamer.fail(Failure())
+            return
+        streamer.start(body)
+
+    def _tls_session(self) -> Any:
+        if not ISSLTransport.providedBy(self.transport):
+            return None
+        return self.server.tls_options().describe_session(self.transport.getHandle())
+
+    def _response_finished(self, outcome: ResponseOutcome) -> None:
+        self._log_access(self._url, outcome)
+        if outcome.status == CLIENT_CERTIFICATE_REQUIRED:
+            self.server.note_certificate_required()
+        self._close()
+
+    def _reject(self, error: RequestError) -> None:
+        """Answer a request that cannot be parsed with the error's status, then close."""
+        self._set_state(ConnectionState.RESPONDING)
+        header = format_response_header(error.status, error.meta)
+        self.transport.write(header)
+        self.log.info("{peer} bad request: {error}", peer=self.remote_addr, error=error.meta)
+        outcome = ResponseOutcome(status=error.status, meta=error.meta, bytes_sent=len(header), complete=True)
+        self._log_access(self._reader.preview(), outcome)
+        self._close()
+
+    def _request_timed_out(self) -> None:
+        self._timeout_call = None
+        if self.state is not ConnectionState.WAITING_FOR_REQUEST:
+            return
+        stage = "the request" if self.handshake_done or not self.server.use_tls else "the TLS handshake"
+        self.log.info(
+            "{peer} timed out after {timeout:g} s waiting for {stage}; closing",
+            peer=self.remote_addr,
+            timeout=self.server.request_timeout,
+            stage=stage,
+        )
+        self._close()
+
+    # Closing.
+
+    def _close(self) -> None:
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        self._set_state(ConnectionState.CLOSING)
+        # Before the handshake completes the TLS transport aborts instead,
+        # because no close_notify can be sent yet.
+        self.transport.loseConnection()
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        self._timeout_call = None
+
+    def _log_access(self, url: str, outcome: ResponseOutcome) -> None:
+        self.server.write_access_log(self.remote_addr, url, outcome)
+
+    def _log_early_close(self, reason: Failure) -> None:
+        if self.server.use_tls and not self.handshake_done:
+            self.server.note_handshake_failure(self.remote_addr, reason)
+        else:
+            self.log.debug("{peer} closed the connection without sending a request", peer=self.remote_addr)

@@ -1,0 +1,306 @@
+"""
+GeminiServer: the protocol factory, its listening ports and its logs.
+
+The factory stack for each accepted TCP connection is, from the socket in:
+HAProxy PROXY header reader (with proxy_protocol), GeminiTLSTransport (with
+use_tls), then GeminiProtocol. build_transport_factory() returns the
+outermost factory, which tests drive in memory without listening.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger, LogLevel
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.protocols.haproxy import proxyEndpoint
+from twisted.python.failure import Failure
+
+from .__version__ import __version__
+from .certificates import ensure_self_signed_certificate
+from .environ import ServerIdentity
+from .logs import LogRenderer, format_access_line
+from .protocol import REQUEST_TIMEOUT, GeminiProtocol
+from .streaming import ResponseOutcome
+from .tls import CertificateMode, GeminiTLSFactory, GeminiTLSOptions, ServerCredentials
+from .wire import normalize_hostname
+
+# Connections the kernel queues before accept(). A burst of new Gemini
+# connections (one per request) overflows Twisted's default of 50.
+DEFAULT_BACKLOG = 1024
+
+# Environment variable that turns on transient certificates for servers
+# built without the allow_transient_certs keyword.
+ALLOW_TRANSIENT_CERTS_VARIABLE = "JETFORCE_ALLOW_TRANSIENT_CERTS"
+_TRUE_VALUES = frozenset({"1", "true", "yes"})
+
+# Failed handshakes are logged one by one up to this many per window, then
+# counted and summarised once the window ends.
+HANDSHAKE_FAILURES_LOGGED_PER_WINDOW = 10
+HANDSHAKE_FAILURE_WINDOW = 60.0
+
+
+def transient_certs_from_environment() -> bool:
+    value = os.environ.get(ALLOW_TRANSIENT_CERTS_VARIABLE, "")
+    return value.strip().lower() in _TRUE_VALUES
+
+
+class GeminiServer(Factory):
+    protocol_class = GeminiProtocol
+
+    def __init__(
+        self,
+        app: Any,
+        reactor: Any = None,
+        host: str = "127.0.0.1",
+        port: int = 1965,
+        hostname: str = "localhost",
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cafile: str | None = None,
+        capath: str | None = None,
+        proxy_protocol: bool = False,
+        use_tls: bool = True,
+        allow_transient_certs: bool | None = None,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        backlog: int = DEFAULT_BACKLOG,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if allow_transient_certs is None:
+            allow_transient_certs = transient_certs_from_environment()
+
+        self.app = app
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.hostname = hostname
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.cafile = cafile
+        self.capath = capath
+        self.proxy_protocol = proxy_protocol
+        self.use_tls = use_tls
+        self.allow_transient_certs = bool(allow_transient_certs)
+        self.request_timeout = request_timeout
+        self.backlog = backlog
+
+        self.certificate_mode = CertificateMode.select(self.allow_transient_certs, bool(cafile or capath))
+        self.listening_ports: list[IListeningPort] = []
+        self.log = Logger(namespace="jetforce", source=self, observer=LogRenderer(self._log_line))
+
+        self._identity = ServerIdentity(normalize_hostname(hostname), port)
+        self._tls_options: GeminiTLSOptions | None = None
+        self._warned_certificate_not_requested = False
+        self._handshake_failures_in_window = 0
+        self._handshake_window_start = 0.0
+
+    # Hooks that applications written for Jetforce 1.0.0 override.
+
+    def log_access(self, message: str) -> None:
+        """Write one access log line to stdout, flushed so that a pipe sees it at once."""
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+    def log_message(self, message: str) -> None:
+        """Write a diagnostic message to stderr."""
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    def on_bind_interface(self, port: IListeningPort) -> None:
+        address = port.getHost()
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        self.log.info("Listening on {address}", address=f"{host}:{address.port}")
+
+    # Protocol factory.
+
+    def buildProtocol(self, addr: Any) -> GeminiProtocol:
+        protocol = self.protocol_class(self, self.app)
+        protocol.factory = self
+        return protocol
+
+    @property
+    def identity(self) -> ServerIdentity:
+        return self._identity
+
+    def build_transport_factory(self) -> Factory:
+        """Return the factory to listen with: this one, wrapped in TLS unless use_tls is off."""
+        if not self.use_tls:
+            return self
+        return GeminiTLSFactory(self.tls_options(), self, clock=self.reactor)
+
+    def tls_options(self) -> GeminiTLSOptions:
+        """
+        Build the TLS options on first use, loading and checking the files.
+
+        Raises TLSConfigurationError for unusable files and OSError when the
+        self-signed certificate cannot be written.
+        """
+        if self._tls_options is None:
+            certfile, keyfile = self._certificate_files()
+            credentials = ServerCredentials(certfile, keyfile, self.cafile, self.capath)
+            self._tls_options = GeminiTLSOptions(credentials, self.certificate_mode)
+        return self._tls_options
+
+    def _certificate_files(self) -> tuple[str, str]:
+        if self.certfile:
+            return self.certfile, self.keyfile or self.certfile
+
+        certfile, keyfile, created = ensure_self_signed_certificate(self.hostname)
+        action = "Created" if created else "Using"
+        self.log.info(
+            "{action} a self-signed certificate for {hostname}: {certfile}",
+            action=action,
+            hostname=self.hostname,
+            certfile=str(certfile),
+        )
+        return str(certfile), str(keyfile)
+
+    # Starting.
+
+    def initialize(self) -> None:
+        """
+        Listen on every configured interface without running the reactor.
+
+        Raises CannotListenError when a port cannot be bound, and the errors
+        of tls_options() for unusable certificate files.
+        """
+        factory = self.build_transport_factory()
+        self.log.info("jetforce {version} serving gemini://{hostname}/", version=__version__, hostname=self.hostname)
+        if self.use_tls:
+            self._log_tls_configuration()
+        else:
+            self.log.info("TLS is off (--no-tls): expecting a TLS-terminating proxy in front")
+        if self.proxy_protocol:
+            self.log.info("Expecting a PROXY protocol header (v1 or v2) before each connection")
+
+        for interface in self._interfaces():
+            port = self._listen(factory, interface)
+            if port is not None:
+                self.listening_ports.append(port)
+                self.on_bind_interface(port)
+
+    def run(self) -> None:
+        """Listen, then run the reactor until it stops."""
+        self.initialize()
+        self.reactor.run()
+
+    def _interfaces(self) -> list[str]:
+        # An empty host means every interface, IPv6 first: on Linux one "::"
+        # socket usually takes IPv4 too, and then "0.0.0.0" is already bound.
+        if self.host == "":
+            return ["::", "0.0.0.0"]
+        return [self.host]
+
+    def _listen(self, factory: Factory, interface: str) -> IListeningPort | None:
+        try:
+            port = self._listen_endpoint(factory, interface)
+        except CannotListenError:
+            if self.host == "" and interface == "0.0.0.0" and self.listening_ports:
+                self.log.info("IPv4 is served by the IPv6 socket on [::]:{port}", port=self.port)
+                return None
+            raise
+
+        # With port 0 the kernel picks the port; the environment and the
+        # host checks must use the real one, and a second interface the same.
+        if self.port == 0:
+            self.port = port.getHost().port
+            self._identity = ServerIdentity(self._identity.hostname, self.port)
+        return port
+
+    def _listen_endpoint(self, factory: Factory, interface: str) -> IListeningPort:
+        endpoint_class = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+        endpoint = endpoint_class(self.reactor, self.port, backlog=self.backlog, interface=interface)
+        if self.proxy_protocol:
+            # The PROXY header comes before the TLS handshake, so its reader
+            # wraps the TLS factory, nearest to the socket.
+            endpoint = proxyEndpoint(endpoint)
+
+        # TCP endpoints listen synchronously; the Deferred has fired already.
+        results: list[IListeningPort] = []
+        failures: list[Failure] = []
+        endpoint.listen(factory).addCallbacks(results.append, failures.append)
+        if failures:
+            failures[0].raiseException()
+        return results[0]
+
+    def _log_tls_configuration(self) -> None:
+        options = self.tls_options()
+        credentials = options.credentials
+        self.log.info(
+            "TLS certificate {certfile}, key {keyfile}", certfile=credentials.certfile, keyfile=credentials.keyfile
+        )
+        ca = " and ".join(path for path in (credentials.cafile, credentials.capath) if path) or "none"
+        self.log.info(
+            "Client certificates: {mode} (CA: {ca})",
+            mode=self.certificate_mode.value,
+            ca=ca,
+        )
+
+    # Logging on behalf of protocols.
+
+    def _log_line(self, line: str) -> None:
+        self.log_message(line)
+
+    def write_access_log(self, remote_addr: str, url: str, outcome: ResponseOutcome) -> None:
+        self.log_access(format_access_line(remote_addr, url, outcome.status, outcome.meta, outcome.bytes_sent))
+
+    def note_certificate_required(self) -> None:
+        """Warn once when an application asks for certificates that clients cannot send."""
+        if self.certificate_mode is not CertificateMode.NOT_REQUESTED or self._warned_certificate_not_requested:
+            return
+        self._warned_certificate_not_requested = True
+        self.log.warn(
+            "The application answered 60 (client certificate required), but this server does not "
+            "request client certificates, so clients cannot send one. Start it with "
+            "--allow-transient-certs (or allow_transient_certs=True), or give a CA with --tls-cafile."
+        )
+
+    def note_handshake_failure(self, remote_addr: str, reason: Failure) -> None:
+        """Log a failed handshake, summarising floods instead of logging each one."""
+        now = self.reactor.seconds()
+        if now - self._handshake_window_start >= HANDSHAKE_FAILURE_WINDOW:
+            suppressed = self._handshake_failures_in_window - HANDSHAKE_FAILURES_LOGGED_PER_WINDOW
+            if suppressed > 0:
+                self.log.warn(
+                    "{count} more TLS handshakes failed in the last {window:g} s; not logged one by one",
+                    count=suppressed,
+                    window=HANDSHAKE_FAILURE_WINDOW,
+                )
+            self._handshake_window_start = now
+            self._handshake_failures_in_window = 0
+
+        self._handshake_failures_in_window += 1
+        if self._handshake_failures_in_window <= HANDSHAKE_FAILURES_LOGGED_PER_WINDOW:
+            self.log.info(
+                "{peer} TLS handshake failed: {reason}",
+                peer=remote_addr,
+                reason=describe_connection_failure(reason),
+            )
+
+    def set_log_level(self, level: LogLevel) -> None:
+        renderer = self.log.observer
+        if isinstance(renderer, LogRenderer):
+            renderer.level = level
+
+
+def describe_connection_failure(reason: Failure) -> str:
+    from OpenSSL import SSL
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    error = reason.value
+    if isinstance(error, SSL.Error):
+        details = [entry[-1] for entry in (error.args[0] if error.args else []) if isinstance(entry, tuple)]
+        return ", ".join(str(detail) for detail in details) or "TLS error"
+    if isinstance(error, (ConnectionDone, ConnectionLost)):
+        return "the client closed the connection before the handshake completed"
+    return str(error) or type(error).__name__
+

@@ -102,6 +102,7 @@ struct conn {
     bool header_done;
     int status;
     bool slow_connect;
+    bool syn_retransmitted;
 };
 
 struct stats {
@@ -112,8 +113,9 @@ struct stats {
     long skipped; /* rate mode: a start was due while --max-inflight requests were open */
     long aborted;
     long slow_connects;
-    long retransmitted;
-    long lost; /* burst: failed, slow to connect, or retransmitted */
+    long syn_retransmitted;
+    long retransmitted; /* any TCP retransmission, tail loss probes included */
+    long lost;          /* burst: failed, slow to connect, or the SYN was retransmitted */
     long idle_ready;
     long idle_closed_by_server;
     uint64_t bytes_received;
@@ -180,7 +182,8 @@ static void usage(void)
         "  --abort-at-end        reset open connections when --duration ends and count them as aborted\n"
         "  --expect-status NN    status that counts as success (default 20; -1 accepts any)\n"
         "  --expect-body B       body length in bytes that counts as success (default: any)\n"
-        "  --slow-connect-ms MS  burst: a connect slower than this counts as lost (default 900)\n"
+        "  --slow-connect-ms MS  burst: a connect slower than this counts as lost, as does one\n"
+        "                        whose SYN was retransmitted (default 900)\n"
         "  --max-inflight N      rate mode: maximum open requests (default 4096)\n");
     exit(2);
 }
@@ -430,6 +433,7 @@ static void unwatch(struct conn *conn)
     }
 }
 
+/* Whether the kernel retransmitted anything on this socket. Right after connect, that can only be the SYN. */
 static bool had_retransmission(int fd)
 {
     struct tcp_info info;
@@ -497,7 +501,7 @@ static void complete(struct conn *conn, double now)
     if (retransmitted) {
         stats.retransmitted++;
     }
-    if (opt.mode == MODE_BURST && (retransmitted || conn->slow_connect)) {
+    if (opt.mode == MODE_BURST && (conn->syn_retransmitted || conn->slow_connect)) {
         stats.lost++;
     }
     stats.completed++;
@@ -666,6 +670,10 @@ static void on_connected(struct conn *conn, double now)
     if (connect_ms > opt.slow_connect_ms) {
         conn->slow_connect = true;
         stats.slow_connects++;
+    }
+    if (had_retransmission(conn->fd)) {
+        conn->syn_retransmitted = true;
+        stats.syn_retransmitted++;
     }
     conn->state = ST_HANDSHAKE;
     drive(conn, now);
@@ -1020,8 +1028,8 @@ static void print_report(double start, double finish)
         printf("\"%s\": %ld%s", failure_names[i], stats.failures[i], i + 1 < FAIL_COUNT ? ", " : "");
     }
     printf("}, \"skipped\": %ld, \"aborted\": %ld, ", stats.skipped, stats.aborted);
-    printf("\"slow_connects\": %ld, \"retransmitted\": %ld, \"lost\": %ld, ", stats.slow_connects,
-        stats.retransmitted, stats.lost);
+    printf("\"slow_connects\": %ld, \"syn_retransmitted\": %ld, \"retransmitted\": %ld, \"lost\": %ld, ",
+        stats.slow_connects, stats.syn_retransmitted, stats.retransmitted, stats.lost);
     printf("\"idle_ready\": %ld, \"idle_closed_by_server\": %ld, ", stats.idle_ready,
         stats.idle_closed_by_server);
     printf("\"bytes_received\": %llu, ", (unsigned long long)stats.bytes_received);

@@ -100,10 +100,12 @@ class GeminiProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         self.handshake_done = True
+        self._refresh_remote_addr()
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is not ConnectionState.WAITING_FOR_REQUEST:
             return
+        self._refresh_remote_addr()
 
         try:
             url = self._reader.feed(data)
@@ -137,6 +139,12 @@ class GeminiProtocol(Protocol):
             self._log_access(self._url, outcome)
         elif previous_state is ConnectionState.WAITING_FOR_REQUEST:
             self._log_early_close(reason)
+
+    def _refresh_remote_addr(self) -> None:
+        # With --proxy-protocol this protocol is connected at accept, before
+        # the PROXY header has been read, so the client's address is only
+        # known once bytes arrive.
+        self.remote_addr = format_peer(self.transport.getPeer())
 
     # Request handling.
 

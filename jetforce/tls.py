@@ -195,7 +195,14 @@ class GeminiTLSOptions:
         try:
             context.use_privatekey_file(keyfile)
         except (SSL.Error, OSError) as error:
-            raise TLSConfigurationError(f"cannot load the private key from {keyfile}: {_describe(error)}") from None
+            reason = _describe(error)
+            # OpenSSL compares the key with the loaded certificate while
+            # loading it, so a mismatch surfaces here as "key values mismatch".
+            if "mismatch" in reason:
+                raise TLSConfigurationError(
+                    f"the private key in {keyfile} does not match the certificate in {certfile}"
+                ) from None
+            raise TLSConfigurationError(f"cannot load the private key from {keyfile}: {reason}") from None
         try:
             context.check_privatekey()
         except SSL.Error:

@@ -20,13 +20,13 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -98,8 +98,8 @@ class RecordingClient(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost_reason = reason
-        handle = self.transport.getHandle()
-        if handle is not None:
+        if ISSLTransport.providedBy(self.transport):
+            handle = self.transport.getHandle()
             self.close_notify_received = bool(handle.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
 
     @property
@@ -122,13 +122,10 @@ class MemoryConnection:
     server_transport: Any
     pump: IOPump
     clock: Clock
-    client_transport: FakeTransport = field(repr=False, default=None)  # type: ignore[assignment]
-
-    @property
-    def gemini_protocol(self) -> Any:
-        """The GeminiProtocol inside the server's TLS transport (or the transport itself without TLS)."""
-        wrapped = getattr(self.server_transport, "wrappedProtocol", None)
-        return wrapped if wrapped is not None else self.server_transport
+    # The GeminiProtocol inside the server's TLS transport, or the server
+    # protocol itself without TLS. Twisted drops the wrapper's reference to it
+    # once the connection is lost, so it is kept here.
+    gemini_protocol: Any = None
 
     def flush(self) -> None:
         self.pump.flush()
@@ -184,7 +181,8 @@ def connect_memory(
     client_io = FakeTransport(client_side, isServer=False, hostAddress=PEER_ADDRESS, peerAddress=SERVER_ADDRESS)
 
     pump = connect(server_protocol, server_io, client_side, client_io, greet=False, clock=clock)
-    connection = MemoryConnection(client_protocol, server_protocol, pump, clock, client_io)
+    gemini_protocol = server_protocol.wrappedProtocol if server.use_tls else server_protocol
+    connection = MemoryConnection(client_protocol, server_protocol, pump, clock, gemini_protocol)
     if flush:
         pump.flush()
     return connection

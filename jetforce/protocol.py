@@ -8,8 +8,8 @@ handshake and the request line together. The connection then moves through
 ConnectionState:
 
 - WAITING_FOR_REQUEST: bytes feed a RequestLineReader. A complete line
-  starts the response, a bad one is answered with its status (59) at once,
-  and the timer running out closes the connection.
+  starts the response, a bad one gets a response with its status (59) at
+  once, and the timer running out closes the connection.
 - RESPONDING: a ResponseStreamer writes the application's header and body.
   Bytes from the client are ignored: one connection, one request.
 - CLOSING: loseConnection() was called. The TLS transport sends
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 # that has not sent a complete line this many seconds after accept is closed.
 REQUEST_TIMEOUT = 10.0
 
-# The status a client must send a certificate for: the server warns when it
-# answers this status but never requests certificates.
+# The status that asks a client for a certificate. The server warns when an
+# application sends it while the server never requests certificates.
 CLIENT_CERTIFICATE_REQUIRED = 60
 
 
@@ -181,7 +181,7 @@ class GeminiProtocol(Protocol):
         self._close()
 
     def _reject(self, error: RequestError) -> None:
-        """Answer a request that cannot be parsed with the error's status, then close."""
+        """Respond to a request that cannot be parsed with the error's status, then close."""
         self._set_state(ConnectionState.RESPONDING)
         header = format_response_header(error.status, error.meta)
         self.transport.write(header)

@@ -106,7 +106,7 @@ class GeminiServer(Factory):
     # Hooks that applications written for Jetforce 1.0.0 override.
 
     def log_access(self, message: str) -> None:
-        """Write one access log line to stdout, flushed so that a pipe sees it at once."""
+        """Write one access log line to stdout and flush it, so that a pipe or journald receives it at once."""
         sys.stdout.write(message + "\n")
         sys.stdout.flush()
 
@@ -254,12 +254,12 @@ class GeminiServer(Factory):
         self.log_access(format_access_line(remote_addr, url, outcome.status, outcome.meta, outcome.bytes_sent))
 
     def note_certificate_required(self) -> None:
-        """Warn once when an application asks for certificates that clients cannot send."""
+        """Warn once when an application requests certificates that clients cannot send."""
         if self.certificate_mode is not CertificateMode.NOT_REQUESTED or self._warned_certificate_not_requested:
             return
         self._warned_certificate_not_requested = True
         self.log.warn(
-            "The application answered 60 (client certificate required), but this server does not "
+            "An application responded 60 (client certificate required), but this server does not "
             "request client certificates, so clients cannot send one. Start it with "
             "--allow-transient-certs (or allow_transient_certs=True), or give a CA with --tls-cafile."
         )

@@ -3,10 +3,10 @@ Writing an application's response to a transport, with back-pressure.
 
 An application returns an iterable of body chunks: str, bytes, or a Deferred
 that fires with one. ResponseStreamer pulls chunks one at a time and writes
-them, and it is registered with the transport as a streaming producer:
-when the transport's buffer fills, pauseProducing stops the pulling until
-resumeProducing, so a slow client never makes the server hold more than one
-chunk of a file or a CGI pipe.
+them. It is registered with the transport as a streaming producer, so when
+the transport's buffer fills, pauseProducing stops the pulling until
+resumeProducing. A slow client therefore never makes the server buffer more
+than one chunk of a file or a CGI pipe beyond the transport's own buffer.
 
 The header is written together with the first non-empty chunk, so the
 application may change its status until then. A faulty header or a
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # Bytes written in one reactor turn before other connections get a turn.
 MAX_BYTES_PER_TURN = 256 * 1024
 
-# Status answered when an application raises (Jetforce 1.0.0 uses the same).
+# Status sent when an application raises an exception.
 APPLICATION_ERROR = 42
 
 
@@ -54,7 +54,7 @@ class StreamState(enum.Enum):
 
 @dataclass
 class ResponseOutcome:
-    """What went on the wire, for the access log."""
+    """Record of the header and bytes sent, for the access log."""
 
     status: int | None = None
     meta: str = ""
@@ -126,7 +126,7 @@ class ResponseStreamer:
         self._pull()
 
     def fail(self, failure: Failure) -> None:
-        """Answer a fault raised before the body existed, such as an exception from the application call."""
+        """Respond to a fault raised before the body existed, such as an exception from the application call."""
         self._transport.registerProducer(self, True)
         self._fail(failure)
 
@@ -214,7 +214,7 @@ class ResponseStreamer:
         return len(data)
 
     def _take_header(self) -> bytes | None:
-        """Format the header for the status set so far, or answer a fault and return None."""
+        """Format the header for the status set so far, or respond to the fault and return None."""
         if self._status is None:
             self._fail(Failure(InvalidResponseHeader("application sent no status")))
             return None

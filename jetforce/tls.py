@@ -5,7 +5,7 @@ Python's ssl module fails the handshake whenever a client certificate does
 not verify, which rules out the self-signed certificates Gemini clients use
 to identify a user. This module builds one pyOpenSSL context instead:
 
-- CertificateMode says whether the server sends a certificate request and
+- CertificateMode selects whether the server sends a certificate request and
   whether a chain that does not verify ends the handshake.
 - When a certificate is requested, OpenSSL calls the verify callback once for
   every certificate of the presented chain. The callback records a failure
@@ -255,7 +255,7 @@ class GeminiTLSTransport(BufferingTLSTransport):
     def _shutdownTLS(self) -> None:
         # Twisted's TLSMemoryBIOProtocol waits for the peer's close_notify
         # before it closes TCP. A Gemini server closes at once, so a client
-        # that never answers the alert cannot hold the connection open.
+        # that never sends its own close_notify cannot hold the connection open.
         super()._shutdownTLS()
         if self.transport is not None:
             self.transport.loseConnection()

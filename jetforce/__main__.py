@@ -19,8 +19,8 @@ from .__version__ import __version__
 from .app.base import RateLimiter
 from .app.cgi import DEFAULT_CGI_TIMEOUT
 from .app.static import StaticDirectoryApplication
-from .protocol import REQUEST_TIMEOUT
-from .server import DEFAULT_BACKLOG, GeminiServer
+from .protocol import REQUEST_TIMEOUT, WRITE_TIMEOUT
+from .server import DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, SHUTDOWN_TIMEOUT, GeminiServer
 from .tls import TLSConfigurationError
 
 PROGRAM = "jetforce"
@@ -102,10 +102,35 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {REQUEST_TIMEOUT:g})",
     )
     server.add_argument(
+        "--write-timeout",
+        type=_positive_seconds,
+        default=WRITE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"abort connections whose client reads nothing of a pending response for this long "
+        f"(default: {WRITE_TIMEOUT:g})",
+    )
+    server.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="COUNT",
+        help=f"open connections at which the server stops accepting new ones until some close; "
+        f"lowered to fit the open file limit (default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    server.add_argument(
         "--backlog",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_BACKLOG,
+        metavar="COUNT",
         help=f"connections the kernel queues before they are accepted (default: {DEFAULT_BACKLOG})",
+    )
+    server.add_argument(
+        "--shutdown-timeout",
+        type=_positive_seconds,
+        default=SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"on SIGTERM or SIGINT, time that responses in flight get to finish before they are cut "
+        f"(default: {SHUTDOWN_TIMEOUT:g}); a second signal exits at once",
     )
 
     static = parser.add_argument_group("static file configuration")
@@ -154,6 +179,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def build_server(args: argparse.Namespace) -> GeminiServer:
     """Check the option values and build the server, raising UsageError for a bad one."""
     root = Path(args.dir)
@@ -195,7 +230,10 @@ def build_server(args: argparse.Namespace) -> GeminiServer:
         use_tls=args.use_tls,
         allow_transient_certs=args.allow_transient_certs,
         request_timeout=args.request_timeout,
+        write_timeout=args.write_timeout,
         backlog=args.backlog,
+        max_connections=args.max_connections,
+        shutdown_timeout=args.shutdown_timeout,
     )
 
 
@@ -218,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = server.app
     server.log.info("Serving {root}, CGI scripts in {cgi}", root=str(app.root), cgi=args.cgi_dir)
-    server.reactor.run()
+    server.run_reactor()
+    server.log.info("Stopped")
     return 0
 
 

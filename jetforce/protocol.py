@@ -11,9 +11,14 @@ ConnectionState:
   starts the response, a bad one gets a response with its status (59) at
   once, and the timer running out closes the connection.
 - RESPONDING: a ResponseStreamer writes the application's header and body.
-  Bytes from the client are ignored: one connection, one request.
+  Bytes from the client are ignored: one connection, one request. While the
+  transport has paused the streamer (its buffer is full), the write timer
+  runs; a client that takes nothing for WRITE_TIMEOUT seconds is aborted.
+  Waiting on the application (a Deferred chunk) is not a stall.
 - CLOSING: loseConnection() was called. The TLS transport sends
-  close_notify and closes TCP without waiting for the client's.
+  close_notify and closes TCP once its buffer drains, without waiting for
+  the client's close_notify. A client that never drains it is aborted after
+  WRITE_TIMEOUT seconds.
 - CLOSED: connectionLost ran. Nothing leaves this state.
 
 Every response, errors included, gets one access log line.
@@ -41,6 +46,10 @@ if TYPE_CHECKING:
 # Gemini clients send the request right after the handshake; a connection
 # that has not sent a complete line this many seconds after accept is closed.
 REQUEST_TIMEOUT = 10.0
+
+# Seconds a client may leave a full send buffer untouched before the
+# connection is aborted.
+WRITE_TIMEOUT = 30.0
 
 # The status that asks a client for a certificate. The server warns when an
 # application sends it while the server never requests certificates.
@@ -79,6 +88,8 @@ class GeminiProtocol(Protocol):
         self.remote_addr = "-"
         self.handshake_done = False
         self._reader = RequestLineReader()
+        # The one deadline of the current state: the request, a stalled
+        # write, or the end of closing.
         self._timeout_call: IDelayedCall | None = None
         self._streamer: ResponseStreamer | None = None
         self._url = ""
@@ -96,7 +107,8 @@ class GeminiProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.remote_addr = format_peer(self.transport.getPeer())
-        self._timeout_call = self.server.reactor.callLater(self.server.request_timeout, self._request_timed_out)
+        self.server.connection_opened(self)
+        self._start_timer(self.server.request_timeout, self._request_timed_out)
 
     def handshakeCompleted(self) -> None:
         self.handshake_done = True
@@ -124,6 +136,7 @@ class GeminiProtocol(Protocol):
         self._cancel_timeout()
         if self.state is not ConnectionState.CLOSED:
             self._set_state(ConnectionState.CLOSED)
+        self.server.connection_closed(self)
 
         if previous_state is ConnectionState.RESPONDING and self._streamer is not None:
             # The client went away mid-response: stop pulling the body and
@@ -158,6 +171,8 @@ class GeminiProtocol(Protocol):
             peer=self.remote_addr,
             url=url,
             on_finished=self._response_finished,
+            on_pause=self._write_paused,
+            on_resume=self._cancel_timeout,
         )
         self._streamer = streamer
         environ = build_environ(url, self.server.identity, self.remote_addr, self._tls_session())
@@ -190,6 +205,28 @@ class GeminiProtocol(Protocol):
         self._log_access(self._reader.preview(), outcome)
         self._close()
 
+    def _write_paused(self) -> None:
+        self._start_timer(self.server.write_timeout, self._write_timed_out)
+
+    def _write_timed_out(self) -> None:
+        self._timeout_call = None
+        self.log.info(
+            "{peer} read nothing of the response to {url} for {timeout:g} s; aborting the connection",
+            peer=self.remote_addr,
+            url=self._url,
+            timeout=self.server.write_timeout,
+        )
+        self.transport.abortConnection()
+
+    def _close_timed_out(self) -> None:
+        self._timeout_call = None
+        self.log.info(
+            "{peer} did not read the end of its response within {timeout:g} s; aborting the connection",
+            peer=self.remote_addr,
+            timeout=self.server.write_timeout,
+        )
+        self.transport.abortConnection()
+
     def _request_timed_out(self) -> None:
         self._timeout_call = None
         if self.state is not ConnectionState.WAITING_FOR_REQUEST:
@@ -212,6 +249,19 @@ class GeminiProtocol(Protocol):
         # Before the handshake completes the TLS transport aborts instead,
         # because no close_notify can be sent yet.
         self.transport.loseConnection()
+        if self.state is ConnectionState.CLOSING:
+            self._start_timer(self.server.write_timeout, self._close_timed_out)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once, logging why; used when a shutdown runs out of time."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        self.log.info("{peer} aborting the connection: {reason}", peer=self.remote_addr, reason=reason)
+        self.transport.abortConnection()
+
+    def _start_timer(self, seconds: float, callback: Any) -> None:
+        self._cancel_timeout()
+        self._timeout_call = self.server.reactor.callLater(seconds, callback)
 
     def _cancel_timeout(self) -> None:
         if self._timeout_call is not None and self._timeout_call.active():

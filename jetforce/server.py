@@ -10,9 +10,11 @@ outermost factory, which tests drive in memory without listening.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -25,7 +27,7 @@ from .__version__ import __version__
 from .certificates import ensure_self_signed_certificate
 from .environ import ServerIdentity
 from .logs import LogRenderer, format_access_line
-from .protocol import REQUEST_TIMEOUT, GeminiProtocol
+from .protocol import REQUEST_TIMEOUT, WRITE_TIMEOUT, ConnectionState, GeminiProtocol
 from .streaming import ResponseOutcome
 from .tls import CertificateMode, GeminiTLSFactory, GeminiTLSOptions, ServerCredentials
 from .wire import normalize_hostname
@@ -43,6 +45,19 @@ _TRUE_VALUES = frozenset({"1", "true", "yes"})
 # counted and summarised once the window ends.
 HANDSHAKE_FAILURES_LOGGED_PER_WINDOW = 10
 HANDSHAKE_FAILURE_WINDOW = 60.0
+
+# Open connections at which the server stops accepting new ones. Each takes
+# one file descriptor, and a CGI request three more for the script's pipes.
+DEFAULT_MAX_CONNECTIONS = 2048
+FILE_DESCRIPTORS_PER_CONNECTION = 4
+RESERVED_FILE_DESCRIPTORS = 64
+
+# Accepting resumes once the open connections fall below this share of the
+# maximum, so that a server at its limit does not flap on every close.
+RESUME_ACCEPTING_RATIO = 0.9
+
+# Seconds that responses in flight get to finish after SIGTERM or SIGINT.
+SHUTDOWN_TIMEOUT = 10.0
 
 
 def transient_certs_from_environment() -> bool:
@@ -69,7 +84,10 @@ class GeminiServer(Factory):
         allow_transient_certs: bool | None = None,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
         backlog: int = DEFAULT_BACKLOG,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -91,7 +109,11 @@ class GeminiServer(Factory):
         self.use_tls = use_tls
         self.allow_transient_certs = bool(allow_transient_certs)
         self.request_timeout = request_timeout
+        self.write_timeout = write_timeout
         self.backlog = backlog
+        self.max_connections = max_connections
+        self.shutdown_timeout = shutdown_timeout
+        self.connections: set[GeminiProtocol] = set()
 
         self.certificate_mode = CertificateMode.select(self.allow_transient_certs, bool(cafile or capath))
         self.listening_ports: list[IListeningPort] = []
@@ -102,6 +124,9 @@ class GeminiServer(Factory):
         self._warned_certificate_not_requested = False
         self._handshake_failures_in_window = 0
         self._handshake_window_start = 0.0
+        self._handshake_summary_call: Any = None
+        self._accepting_paused = False
+        self._shutdown: Deferred[None] | None = None
 
     # Hooks that applications written for Jetforce 1.0.0 override.
 
@@ -188,9 +213,17 @@ class GeminiServer(Factory):
                 self.listening_ports.append(port)
                 self.on_bind_interface(port)
 
+        self.max_connections = self._fit_to_file_descriptor_limit(self.max_connections)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.shutdown)
+
     def run(self) -> None:
         """Listen, then run the reactor until it stops."""
         self.initialize()
+        self.run_reactor()
+
+    def run_reactor(self) -> None:
+        """Run the reactor, with SIGTERM and SIGINT starting a graceful shutdown."""
+        self.reactor.callWhenRunning(self._install_signal_handlers)
         self.reactor.run()
 
     def _interfaces(self) -> list[str]:
@@ -266,17 +299,11 @@ class GeminiServer(Factory):
 
     def note_handshake_failure(self, remote_addr: str, reason: Failure) -> None:
         """Log a failed handshake, summarising floods instead of logging each one."""
-        now = self.reactor.seconds()
-        if now - self._handshake_window_start >= HANDSHAKE_FAILURE_WINDOW:
-            suppressed = self._handshake_failures_in_window - HANDSHAKE_FAILURES_LOGGED_PER_WINDOW
-            if suppressed > 0:
-                self.log.warn(
-                    "{count} more TLS handshakes failed in the last {window:g} s; not logged one by one",
-                    count=suppressed,
-                    window=HANDSHAKE_FAILURE_WINDOW,
-                )
-            self._handshake_window_start = now
+        if self._handshake_summary_call is None:
             self._handshake_failures_in_window = 0
+            self._handshake_summary_call = self.reactor.callLater(
+                HANDSHAKE_FAILURE_WINDOW, self._summarise_handshake_failures
+            )
 
         self._handshake_failures_in_window += 1
         if self._handshake_failures_in_window <= HANDSHAKE_FAILURES_LOGGED_PER_WINDOW:
@@ -285,11 +312,146 @@ class GeminiServer(Factory):
                 peer=remote_addr,
                 reason=describe_connection_failure(reason),
             )
+        elif self._handshake_failures_in_window == HANDSHAKE_FAILURES_LOGGED_PER_WINDOW + 1:
+            self.log.warn(
+                "More than {count} TLS handshakes failed within {window:g} s; counting the rest",
+                count=HANDSHAKE_FAILURES_LOGGED_PER_WINDOW,
+                window=HANDSHAKE_FAILURE_WINDOW,
+            )
+
+    def _summarise_handshake_failures(self) -> None:
+        self._handshake_summary_call = None
+        suppressed = self._handshake_failures_in_window - HANDSHAKE_FAILURES_LOGGED_PER_WINDOW
+        if suppressed > 0:
+            self.log.warn(
+                "{count} more TLS handshakes failed in the last {window:g} s",
+                count=suppressed,
+                window=HANDSHAKE_FAILURE_WINDOW,
+            )
+        self._handshake_failures_in_window = 0
+
+    # Connection limits.
+
+    def connection_opened(self, protocol: GeminiProtocol) -> None:
+        self.connections.add(protocol)
+        if len(self.connections) >= self.max_connections and not self._accepting_paused:
+            self._accepting_paused = True
+            for port in self.listening_ports:
+                self.reactor.removeReader(port)
+            self.log.warn(
+                "Reached {count} open connections, the maximum; not accepting new ones until some close",
+                count=len(self.connections),
+            )
+
+    def connection_closed(self, protocol: GeminiProtocol) -> None:
+        self.connections.discard(protocol)
+        if self._accepting_paused and len(self.connections) < self.max_connections * RESUME_ACCEPTING_RATIO:
+            self._accepting_paused = False
+            if self._shutdown is None:
+                for port in self.listening_ports:
+                    self.reactor.addReader(port)
+                self.log.info("Accepting connections again ({count} open)", count=len(self.connections))
+        if self._shutdown is not None and not self.connections and not self._shutdown.called:
+            self._shutdown.callback(None)
+
+    def _fit_to_file_descriptor_limit(self, requested: int) -> int:
+        try:
+            import resource
+
+            soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, ValueError, OSError):
+            return requested
+        if soft_limit == resource.RLIM_INFINITY:
+            return requested
+
+        available = max((soft_limit - RESERVED_FILE_DESCRIPTORS) // FILE_DESCRIPTORS_PER_CONNECTION, 1)
+        if requested > available:
+            self.log.warn(
+                "Lowering the maximum of open connections from {requested} to {available} to fit the "
+                "open file limit of {limit} (raise it with ulimit -n)",
+                requested=requested,
+                available=available,
+                limit=soft_limit,
+            )
+            return available
+        return requested
+
+    # Shutting down.
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        Stop accepting, let responses in flight finish, and abort what is left after shutdown_timeout.
+
+        Runs as a "before shutdown" trigger of the reactor, which waits for
+        the returned Deferred before it stops.
+        """
+        if self._shutdown is not None:
+            return self._shutdown
+        self._shutdown = Deferred()
+
+        for port in self.listening_ports:
+            port.stopListening()
+        if self._handshake_summary_call is not None and self._handshake_summary_call.active():
+            self._handshake_summary_call.cancel()
+            self._summarise_handshake_failures()
+
+        if not self.connections:
+            self.log.info("Shutting down: no connections open")
+            self._shutdown.callback(None)
+            return self._shutdown
+
+        self.log.info(
+            "Shutting down: waiting up to {timeout:g} s for {count} open connections",
+            timeout=self.shutdown_timeout,
+            count=len(self.connections),
+        )
+        deadline = self.reactor.callLater(self.shutdown_timeout, self._abort_remaining_connections)
+        self._shutdown.addBoth(_cancel_delayed_call, deadline)
+        return self._shutdown
+
+    def _abort_remaining_connections(self) -> None:
+        remaining = list(self.connections)
+        cut = [protocol for protocol in remaining if protocol.state is ConnectionState.RESPONDING]
+        self.log.warn(
+            "Shutdown timeout of {timeout:g} s reached: aborting {count} connections, {cut} of them mid-response",
+            timeout=self.shutdown_timeout,
+            count=len(remaining),
+            cut=len(cut),
+        )
+        for protocol in remaining:
+            protocol.abort("the server is shutting down")
+        if self._shutdown is not None and not self._shutdown.called:
+            self._shutdown.callback(None)
+
+    def _install_signal_handlers(self) -> None:
+        # Twisted's own SIGTERM and SIGINT handlers stop the reactor, which
+        # runs shutdown() first. These replace them only to make a second
+        # signal exit at once, for an operator who does not want to wait.
+        def handle(signal_number: int, frame: Any) -> None:
+            if self._stopping_by_signal:
+                os._exit(128 + signal_number)
+            self._stopping_by_signal = True
+            self.reactor.callFromThread(self._stop_reactor, signal.Signals(signal_number).name)
+
+        self._stopping_by_signal = False
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _stop_reactor(self, signal_name: str) -> None:
+        self.log.info("Received {signal}; shutting down (send it again to exit at once)", signal=signal_name)
+        if self.reactor.running:
+            self.reactor.stop()
 
     def set_log_level(self, level: LogLevel) -> None:
         renderer = self.log.observer
         if isinstance(renderer, LogRenderer):
             renderer.level = level
+
+
+def _cancel_delayed_call(result: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return result
 
 
 def describe_connection_failure(reason: Failure) -> str:

@@ -73,6 +73,8 @@ class ResponseStreamer:
         peer: str,
         url: str,
         on_finished: Callable[[ResponseOutcome], None],
+        on_pause: Callable[[], None] | None = None,
+        on_resume: Callable[[], None] | None = None,
     ) -> None:
         self._transport = transport
         self._clock = clock
@@ -80,6 +82,8 @@ class ResponseStreamer:
         self._peer = peer
         self._url = url
         self._on_finished = on_finished
+        self._on_pause = on_pause
+        self._on_resume = on_resume
 
         self._status: object = None
         self._meta: object = None
@@ -300,12 +304,18 @@ class ResponseStreamer:
     # IPushProducer, called by the transport.
 
     def pauseProducing(self) -> None:
+        if self._paused:
+            return
         self._paused = True
+        if self._on_pause is not None:
+            self._on_pause()
 
     def resumeProducing(self) -> None:
         if not self._paused:
             return
         self._paused = False
+        if self._on_resume is not None:
+            self._on_resume()
         if self._state is StreamState.PULLING:
             self._pull()
 

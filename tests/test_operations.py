@@ -1,0 +1,198 @@
+"""The real jetforce command under signals, slow clients and a connection cap."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import LOOPBACK_TIMEOUT, gemini_request, jetforce_command, start_process
+
+SLOW_SCRIPT = """#!/bin/sh
+echo $$ > "{pid_file}"
+sleep {seconds}
+printf '20 text/plain\\r\\n'
+echo finished
+"""
+
+
+def make_capsule(root: Path, seconds: float) -> Path:
+    """Make a capsule with a CGI script that sleeps before answering and records its PID."""
+    (root / "cgi-bin").mkdir(parents=True)
+    (root / "index.gmi").write_text("# Index\n")
+    (root / "large.bin").write_bytes(b"\0" * (32 * 1024 * 1024))
+    script = root / "cgi-bin" / "slow"
+    script.write_text(SLOW_SCRIPT.format(pid_file=root / "slow.pid", seconds=seconds))
+    script.chmod(0o755)
+    return root
+
+
+def wait_for(condition, timeout: float = LOOPBACK_TIMEOUT, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+class BackgroundRequest(threading.Thread):
+    def __init__(self, port: int, url: str) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.url = url
+        self.response = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.response = gemini_request(self.port, self.url)
+        except BaseException as error:  # recorded for the test thread to assert on
+            self.error = error
+
+
+@pytest.fixture
+def capsule(tmp_path: Path) -> Path:
+    return make_capsule(tmp_path / "capsule", seconds=1)
+
+
+def test_sigterm_lets_response_in_flight_finish(tmp_path, capsule):
+    server = start_process(jetforce_command("--dir", str(capsule), "--shutdown-timeout", "15"), tmp_path)
+    try:
+        request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
+        request.start()
+        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+
+        server.process.send_signal(signal.SIGTERM)
+        request.join(LOOPBACK_TIMEOUT)
+        exit_status = server.process.wait(timeout=LOOPBACK_TIMEOUT)
+    finally:
+        server.stop()
+
+    assert request.error is None
+    assert request.response.status == 20
+    assert request.response.body == b"finished\n"
+    assert exit_status == 0
+    assert "Shutting down: waiting up to 15 s for 1 open connections" in server.stderr()
+
+
+def test_shutdown_timeout_cuts_slow_response(tmp_path):
+    capsule = make_capsule(tmp_path / "capsule", seconds=60)
+    server = start_process(jetforce_command("--dir", str(capsule), "--shutdown-timeout", "0.5"), tmp_path)
+    try:
+        request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
+        request.start()
+        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+
+        server.process.send_signal(signal.SIGTERM)
+        exit_status = server.process.wait(timeout=LOOPBACK_TIMEOUT)
+        request.join(LOOPBACK_TIMEOUT)
+    finally:
+        server.stop()
+
+    assert exit_status == 0
+    assert "aborting 1 connections, 1 of them mid-response" in server.stderr()
+    script_pid = int((capsule / "slow.pid").read_text())
+    wait_for(lambda: not _process_exists(script_pid), message="the CGI script to end")
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    capsule = make_capsule(tmp_path / "capsule", seconds=60)
+    server = start_process(jetforce_command("--dir", str(capsule), "--shutdown-timeout", "60"), tmp_path)
+    try:
+        request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
+        request.start()
+        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "Shutting down" in server.stderr(), message="the shutdown to start")
+        server.process.send_signal(signal.SIGTERM)
+        exit_status = server.process.wait(timeout=LOOPBACK_TIMEOUT)
+    finally:
+        server.stop()
+        script_pid = int((capsule / "slow.pid").read_text())
+        if _process_exists(script_pid):
+            import os
+
+            os.kill(script_pid, signal.SIGKILL)
+
+    assert exit_status == 128 + signal.SIGTERM
+
+
+def test_new_connections_refused_after_sigterm(tmp_path, capsule):
+    server = start_process(jetforce_command("--dir", str(capsule), "--shutdown-timeout", "15"), tmp_path)
+    try:
+        request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
+        request.start()
+        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "Shutting down" in server.stderr(), message="the shutdown to start")
+
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=LOOPBACK_TIMEOUT).close()
+        request.join(LOOPBACK_TIMEOUT)
+    finally:
+        server.stop()
+    assert request.response.status == 20
+
+
+def test_client_that_stops_reading_is_aborted(tmp_path, capsule):
+    server = start_process(jetforce_command("--dir", str(capsule), "--write-timeout", "1"), tmp_path)
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=LOOPBACK_TIMEOUT)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"gemini://localhost/large.bin\r\n")
+            tls.recv(100)
+            wait_for(lambda: "read nothing of the response" in server.stderr(), message="the write timeout")
+    finally:
+        server.stop()
+
+
+def test_connection_cap_defers_accept(tmp_path, capsule):
+    server = start_process(jetforce_command("--dir", str(capsule), "--max-connections", "2"), tmp_path)
+    idle = []
+    try:
+        for _ in range(2):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=LOOPBACK_TIMEOUT))
+        wait_for(lambda: "Reached 2 open connections" in server.stderr(), message="the connection cap")
+
+        # The kernel completes the TCP handshake, but the server does not
+        # accept, so this request waits until an idle connection closes.
+        request = BackgroundRequest(server.port, "gemini://localhost/")
+        request.start()
+        request.join(0.5)
+        assert request.is_alive()
+
+        idle.pop().close()
+        request.join(LOOPBACK_TIMEOUT)
+        assert request.error is None
+        assert request.response.status == 20
+        assert "Accepting connections again" in server.stderr()
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def _process_exists(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers signal 0; it has exited all the same.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

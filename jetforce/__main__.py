@@ -9,6 +9,7 @@ the program with one line on stderr and exit status 2 (usage) or 1
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -19,9 +20,11 @@ from .__version__ import __version__
 from .app.base import RateLimiter
 from .app.cgi import DEFAULT_CGI_TIMEOUT
 from .app.static import StaticDirectoryApplication
+from .certificates import ensure_self_signed_certificate
 from .protocol import REQUEST_TIMEOUT, WRITE_TIMEOUT
 from .server import DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, SHUTDOWN_TIMEOUT, GeminiServer
-from .tls import TLSConfigurationError
+from .tls import CertificateMode, GeminiTLSOptions, ServerCredentials, TLSConfigurationError
+from .workers import WorkerSupervisor, open_listening_sockets
 
 PROGRAM = "jetforce"
 
@@ -125,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"connections the kernel queues before they are accepted (default: {DEFAULT_BACKLOG})",
     )
     server.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="COUNT",
+        help="server processes sharing the listening port, to use more than one CPU core (default: 1)",
+    )
+    server.add_argument(
         "--shutdown-timeout",
         type=_positive_seconds,
         default=SHUTDOWN_TIMEOUT,
@@ -189,8 +199,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_server(args: argparse.Namespace) -> GeminiServer:
-    """Check the option values and build the server, raising UsageError for a bad one."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise UsageError for an option value that cannot be used."""
     root = Path(args.dir)
     if not root.is_dir():
         raise UsageError(f"root directory {args.dir} does not exist or is not a directory (--dir)")
@@ -201,16 +211,18 @@ def build_server(args: argparse.Namespace) -> GeminiServer:
             raise UsageError(f"{option} {path} does not exist or is not a file")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535, got {args.port}")
-
-    rate_limiter = None
     if args.rate_limit:
         try:
-            rate_limiter = RateLimiter(args.rate_limit)
+            RateLimiter(args.rate_limit)
         except ValueError as error:
             raise UsageError(f"--rate-limit: {error}") from None
 
+
+def build_server(args: argparse.Namespace, sockets: list[socket.socket] | None = None) -> GeminiServer:
+    """Build the server from checked option values."""
+    rate_limiter = RateLimiter(args.rate_limit) if args.rate_limit else None
     app = StaticDirectoryApplication(
-        root_directory=root,
+        root_directory=Path(args.dir),
         index_file=args.index_file,
         cgi_directory=args.cgi_dir,
         default_lang=args.default_lang,
@@ -234,6 +246,7 @@ def build_server(args: argparse.Namespace) -> GeminiServer:
         backlog=args.backlog,
         max_connections=args.max_connections,
         shutdown_timeout=args.shutdown_timeout,
+        sockets=sockets,
     )
 
 
@@ -242,10 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        server = build_server(args)
-        server.initialize()
+        check_arguments(args)
     except UsageError as error:
         return _fail(str(error), status=2)
+
+    if args.workers > 1:
+        return run_workers(args)
+    return serve(args)
+
+
+def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) -> int:
+    """Build, start and run one server process until it stops; return its exit status."""
+    try:
+        server = build_server(args, sockets)
+        server.initialize()
     except TLSConfigurationError as error:
         return _fail(f"TLS configuration failed: {error}")
     except CannotListenError as error:
@@ -259,6 +282,34 @@ def main(argv: list[str] | None = None) -> int:
     server.run_reactor()
     server.log.info("Stopped")
     return 0
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    """Open the sockets and check the TLS files once, then fork the workers that serve."""
+    try:
+        sockets = open_listening_sockets(args.host, args.port, args.backlog)
+        if args.use_tls:
+            _check_tls_files(args)
+    except TLSConfigurationError as error:
+        return _fail(f"TLS configuration failed: {error}")
+    except OSError as error:
+        return _fail(error.strerror or str(error))
+
+    supervisor = WorkerSupervisor(args.workers, lambda number: serve(args, sockets))
+    return supervisor.run()
+
+
+def _check_tls_files(args: argparse.Namespace) -> None:
+    # The self-signed certificate is made here, before forking, so that the
+    # workers load one file instead of racing to write it.
+    if not args.tls_certfile:
+        certfile, keyfile, _ = ensure_self_signed_certificate(args.hostname)
+        args.tls_certfile, args.tls_keyfile = str(certfile), str(keyfile)
+    credentials = ServerCredentials(
+        args.tls_certfile, args.tls_keyfile or args.tls_certfile, args.tls_cafile, args.tls_capath
+    )
+    mode = CertificateMode.select(args.allow_transient_certs, credentials.has_ca)
+    GeminiTLSOptions(credentials, mode)
 
 
 def _fail(message: str, status: int = 1) -> int:

@@ -257,6 +257,10 @@ class GeminiProtocol(Protocol):
         if self.state is ConnectionState.CLOSED:
             return
         self.log.info("{peer} aborting the connection: {reason}", peer=self.remote_addr, reason=reason)
+        # Stopping the response first ends a CGI script or cancels an
+        # application's Deferred now, before the reactor may stop.
+        if self._streamer is not None:
+            self._streamer.stopProducing()
         self.transport.abortConnection()
 
     def _start_timer(self, seconds: float, callback: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -19,7 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
 
@@ -88,6 +89,7 @@ class GeminiServer(Factory):
         backlog: int = DEFAULT_BACKLOG,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        sockets: list[socket.socket] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -114,6 +116,9 @@ class GeminiServer(Factory):
         self.max_connections = max_connections
         self.shutdown_timeout = shutdown_timeout
         self.connections: set[GeminiProtocol] = set()
+        # Listening sockets opened before this process forked (--workers);
+        # initialize() adopts them instead of binding its own.
+        self.sockets = sockets
 
         self.certificate_mode = CertificateMode.select(self.allow_transient_certs, bool(cafile or capath))
         self.listening_ports: list[IListeningPort] = []
@@ -207,11 +212,17 @@ class GeminiServer(Factory):
         if self.proxy_protocol:
             self.log.info("Expecting a PROXY protocol header (v1 or v2) before each connection")
 
-        for interface in self._interfaces():
-            port = self._listen(factory, interface)
-            if port is not None:
+        if self.sockets:
+            for listener in self.sockets:
+                port = self._adopt(factory, listener)
                 self.listening_ports.append(port)
                 self.on_bind_interface(port)
+        else:
+            for interface in self._interfaces():
+                port = self._listen(factory, interface)
+                if port is not None:
+                    self.listening_ports.append(port)
+                    self.on_bind_interface(port)
 
         self.max_connections = self._fit_to_file_descriptor_limit(self.max_connections)
         self.reactor.addSystemEventTrigger("before", "shutdown", self.shutdown)
@@ -249,9 +260,23 @@ class GeminiServer(Factory):
             self._identity = ServerIdentity(self._identity.hostname, self.port)
         return port
 
+    def _adopt(self, factory: Factory, listener: socket.socket) -> IListeningPort:
+        endpoint = AdoptedStreamServerEndpoint(self.reactor, listener.fileno(), listener.family)
+        port = self._listen_on(endpoint, factory)
+        # Twisted listens on a duplicate and closes the adopted descriptor
+        # itself, so the socket object must forget it without closing it.
+        listener.detach()
+        if self.port == 0:
+            self.port = port.getHost().port
+            self._identity = ServerIdentity(self._identity.hostname, self.port)
+        return port
+
     def _listen_endpoint(self, factory: Factory, interface: str) -> IListeningPort:
         endpoint_class = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
         endpoint = endpoint_class(self.reactor, self.port, backlog=self.backlog, interface=interface)
+        return self._listen_on(endpoint, factory)
+
+    def _listen_on(self, endpoint: Any, factory: Factory) -> IListeningPort:
         if self.proxy_protocol:
             # The PROXY header comes before the TLS handshake, so its reader
             # wraps the TLS factory, nearest to the socket.

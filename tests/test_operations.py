@@ -196,3 +196,42 @@ def _process_exists(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_workers_share_port_and_stop_together(tmp_path, capsule):
+    import re
+
+    server = start_process(jetforce_command("--dir", str(capsule), "--workers", "2"), tmp_path)
+    try:
+        wait_for(lambda: server.stderr().count("Listening on") == 2, message="both workers to listen")
+        responses = [gemini_request(server.port, "gemini://localhost/") for _ in range(6)]
+        worker_pids = [int(pid) for pid in re.findall(r"Started worker \d \(PID (\d+)\)", server.stderr())]
+
+        server.process.send_signal(signal.SIGTERM)
+        exit_status = server.process.wait(timeout=LOOPBACK_TIMEOUT)
+    finally:
+        server.stop()
+
+    assert [response.status for response in responses] == [20] * 6
+    assert len(worker_pids) == 2
+    assert exit_status == 0
+    for pid in worker_pids:
+        wait_for(lambda: not _process_exists(pid), message=f"worker {pid} to exit")
+
+
+def test_workers_report_port_in_use_once(tmp_path, capsule):
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as occupier:
+        occupier.bind(("127.0.0.1", 0))
+        occupier.listen(1)
+        port = occupier.getsockname()[1]
+        completed = subprocess.run(
+            [sys.executable, "-m", "jetforce", "--dir", str(capsule), "--workers", "2", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=LOOPBACK_TIMEOUT,
+        )
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == f"jetforce: error: cannot listen on 127.0.0.1:{port}: Address already in use"

@@ -268,6 +268,7 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) 
     """Build, start and run one server process until it stops; return its exit status."""
     try:
         server = build_server(args, sockets)
+        server.log.info("Serving {root}, CGI scripts in {cgi}", root=str(server.app.root), cgi=args.cgi_dir)
         server.initialize()
     except TLSConfigurationError as error:
         return _fail(f"TLS configuration failed: {error}")
@@ -277,8 +278,6 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) 
     except (OSError, ValueError) as error:
         return _fail(f"start-up failed: {error}")
 
-    app = server.app
-    server.log.info("Serving {root}, CGI scripts in {cgi}", root=str(app.root), cgi=args.cgi_dir)
     server.run_reactor()
     server.log.info("Stopped")
     return 0

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
@@ -226,6 +226,7 @@ class GeminiServer(Factory):
 
         self.max_connections = self._fit_to_file_descriptor_limit(self.max_connections)
         self.reactor.addSystemEventTrigger("before", "shutdown", self.shutdown)
+        globalLogPublisher.addObserver(self._global_log_observer)
 
     def run(self) -> None:
         """Listen, then run the reactor until it stops."""
@@ -307,6 +308,15 @@ class GeminiServer(Factory):
 
     def _log_line(self, line: str) -> None:
         self.log_message(line)
+
+    def _global_log_observer(self, event: dict[str, Any]) -> None:
+        # Modules without a server at hand (static files, CGI) log to the
+        # global publisher, and so does Twisted for unhandled errors. Their
+        # events reach log_message() like the server's own.
+        namespace = event.get("log_namespace") or ""
+        level = event.get("log_level", LogLevel.info)
+        if namespace.startswith("jetforce") or level >= LogLevel.error:
+            self.log.observer(event)
 
     def write_access_log(self, remote_addr: str, url: str, outcome: ResponseOutcome) -> None:
         self.log_access(format_access_line(remote_addr, url, outcome.status, outcome.meta, outcome.bytes_sent))

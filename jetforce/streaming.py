@@ -15,8 +15,9 @@ instead; after it, the connection is closed and the fault logged, because a
 second header cannot be sent.
 
 Pulling runs synchronously until the transport pauses, a Deferred chunk is
-pending, or MAX_BYTES_PER_TURN have been written, then yields to the reactor
-so one large response cannot starve the other connections.
+pending, or MAX_BYTES_PER_TURN or MAX_CHUNKS_PER_TURN are reached, then
+yields to the reactor so one large response cannot starve the other
+connections.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ from .wire import format_response_header
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime, ITransport
 
-# Bytes written in one reactor turn before other connections get a turn.
+# Bytes and chunks pulled in one reactor turn before other connections get
+# a turn. Chunks are counted too, because a body of empty chunks, or of
+# Deferreds that have already fired, writes little but can run forever.
 MAX_BYTES_PER_TURN = 256 * 1024
+MAX_CHUNKS_PER_TURN = 256
 
 # Status sent when an application raises an exception.
 APPLICATION_ERROR = 42
@@ -94,6 +98,8 @@ class ResponseStreamer:
         self._iterator: Iterator[Any] | None = None
         self._paused = False
         self._pulling = False
+        self._turn_bytes = 0
+        self._turn_chunks = 0
         self._pending: Deferred[Any] | None = None
         self._resume_call: IDelayedCall | None = None
 
@@ -138,15 +144,16 @@ class ResponseStreamer:
         if self._pulling:
             return
         self._pulling = True
+        self._turn_bytes = 0
+        self._turn_chunks = 0
         try:
             self._pull_until_blocked()
         finally:
             self._pulling = False
 
     def _pull_until_blocked(self) -> None:
-        written_this_turn = 0
         while self._state is StreamState.PULLING and not self._paused:
-            if written_this_turn >= MAX_BYTES_PER_TURN:
+            if self._turn_bytes >= MAX_BYTES_PER_TURN or self._turn_chunks >= MAX_CHUNKS_PER_TURN:
                 self._resume_call = self._clock.callLater(0, self._resume_after_turn)
                 return
 
@@ -163,7 +170,7 @@ class ResponseStreamer:
             if isinstance(chunk, Deferred):
                 self._wait_for(chunk)
                 continue
-            written_this_turn += self._write_chunk(chunk)
+            self._write_chunk(chunk)
 
     def _resume_after_turn(self) -> None:
         self._resume_call = None
@@ -194,6 +201,7 @@ class ResponseStreamer:
         self._fail(failure)
 
     def _write_chunk(self, chunk: object) -> int:
+        self._turn_chunks += 1
         # None is what a Deferred used only to wait (a delayed header, say)
         # fires with, so it is an empty chunk rather than a fault.
         if chunk is None:
@@ -215,6 +223,7 @@ class ResponseStreamer:
             data = header + data
         self._transport.write(data)
         self.outcome.bytes_sent += len(data)
+        self._turn_bytes += len(data)
         return len(data)
 
     def _take_header(self) -> bytes | None:

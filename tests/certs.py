@@ -25,7 +25,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @lru_cache(maxsize=None)
-def _cached_key(kind: str, slot: int) -> PrivateKey:
+def _cached_key(kind: str, slot: object) -> PrivateKey:
     return _generate_key(kind)
 
 
@@ -37,8 +37,13 @@ def _generate_key(kind: str) -> PrivateKey:
     raise ValueError(f"unknown key kind {kind!r}, expected 'ecdsa' or 'rsa'")
 
 
-def make_key(kind: str = "ecdsa", slot: int | None = None) -> PrivateKey:
-    """Return a private key; keys with the same kind and slot are reused to keep tests fast."""
+def make_key(kind: str = "ecdsa", slot: object = None) -> PrivateKey:
+    """
+    Return a private key; keys with the same kind and slot are reused to keep tests fast.
+
+    Credentials with different names must use different slots: a shared key
+    would make a "key does not match the certificate" case match after all.
+    """
     if slot is None:
         return _generate_key(kind)
     return _cached_key(kind, slot)
@@ -160,7 +165,7 @@ def issue(
     include_ca_in_chain: bool = False,
 ) -> Credential:
     """Issue a leaf certificate signed by ca, for a client unless server_names is given."""
-    key = make_key(kind, slot=hash((common_name, kind)) % 4)
+    key = make_key(kind, slot=("issued", common_name, ca.certificate.subject.rfc4514_string()))
     builder = _builder(
         _name(common_name),
         ca.certificate.subject,
@@ -189,7 +194,7 @@ def self_signed(
     not_after: datetime.datetime | None = None,
 ) -> Credential:
     """Make a self-signed client certificate, as Gemini clients do."""
-    key = make_key(kind, slot=hash(("self", common_name, kind)) % 4)
+    key = make_key(kind, slot=("self-signed", common_name))
     name = _name(common_name)
     builder = _builder(
         name,

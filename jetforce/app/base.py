@@ -2,7 +2,11 @@
 The application framework: requests, responses and routing.
 
 An application is a callable `app(environ, send_status)` that returns an
-iterable of body chunks (str, bytes, or a Deferred firing with one).
+iterable of body chunks (str, bytes, or a Deferred firing with one). It may
+call send_status(status, meta) again until the first body byte is written.
+The server pulls chunks without blocking the reactor, waits for Deferred
+chunks, and cancels the Deferred it waits on when the client disconnects.
+
 JetforceApplication builds such a callable from route handlers: each
 handler takes a Request and returns a Response, a DeferredResponse, or a
 Deferred that fires with either. Routes added later are tried first.
@@ -26,6 +30,7 @@ from .ratelimit import RateLimiter
 __all__ = [
     "DeferredResponse",
     "EnvironDict",
+    "InvalidHandlerResult",
     "JetforceApplication",
     "RateLimiter",
     "Request",
@@ -124,29 +129,39 @@ class RoutePattern:
     A rule that a request's URL must meet for a route handler to run.
 
     path is a regular expression matched against the whole decoded path,
-    with trailing slashes stripped unless strict_trailing_slash is set.
-    hostname None means the server's own hostname. With strict_hostname
-    off, any host matches; with strict_port off, any port does.
+    with trailing slashes stripped unless strict_trailing_slash is set. An
+    empty or None scheme matches every scheme. hostname None means the
+    server's own hostname (the HOSTNAME environ entry); hostnames compare
+    in lower-case punycode. With strict_hostname off, any host matches; with
+    strict_port off, any port does. A URL without a port always matches.
+
+    Raises re.error for an invalid path and ValueError for a hostname that
+    IDNA cannot encode, when the pattern is made rather than per request.
     """
 
     path: str = ".*"
-    scheme: str = "gemini"
+    scheme: str | None = "gemini"
     hostname: str | None = None
     strict_hostname: bool = True
     strict_port: bool = True
     strict_trailing_slash: bool = False
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _hostname: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._regex = re.compile(self.path)
+        self._hostname = None if self.hostname is None else normalize_hostname(self.hostname)
 
     def match(self, request: Request) -> re.Match[str] | None:
-        if request.scheme != self.scheme:
+        """Return the match of path against the request's path, or None when any rule fails."""
+        if self.scheme and request.scheme != self.scheme:
             return None
 
         if self.strict_hostname:
-            expected = self.hostname if self.hostname is not None else request.environ.get("HOSTNAME", "")
-            if request.hostname != normalize_hostname(expected):
+            expected = self._hostname
+            if expected is None:
+                expected = normalize_hostname(request.environ.get("HOSTNAME", ""))
+            if request.hostname != expected:
                 return None
 
         if self.strict_port and request.port is not None:
@@ -181,18 +196,24 @@ class JetforceApplication:
                 return
 
         handler, arguments = self.find_route(request)
-        yield from render_response(handler(request, **arguments), send_status)
+        yield from render_response(handler(request, **arguments), send_status, handler)
 
     def route(
         self,
         path: str = ".*",
-        scheme: str = "gemini",
+        scheme: str | None = "gemini",
         hostname: str | None = None,
         strict_hostname: bool = True,
         strict_port: bool = True,
         strict_trailing_slash: bool = False,
     ) -> Callable[[RouteHandler], RouteHandler]:
-        """Register the decorated function as the handler of requests matching the pattern."""
+        """
+        Register the decorated function as the handler of requests matching a RoutePattern.
+
+        The handler is called as handler(request, **named_groups) and returns
+        a Response, a DeferredResponse, or a Deferred firing with either. The
+        decorator returns the function unchanged.
+        """
         pattern = RoutePattern(path, scheme, hostname, strict_hostname, strict_port, strict_trailing_slash)
 
         def register(handler: RouteHandler) -> RouteHandler:
@@ -213,6 +234,7 @@ class JetforceApplication:
         return self.default_callback, {}
 
     def default_callback(self, request: Request, **_: Any) -> Response:
+        """Return the response to a request for this server that no route matched; subclasses override it."""
         return Response(Status.PERMANENT_FAILURE, "Not Found")
 
 
@@ -230,13 +252,22 @@ def refuse_proxy_request(request: Request, **_: Any) -> Response:
     return Response(Status.PROXY_REQUEST_REFUSED, "Proxy request refused")
 
 
-def render_response(response: Any, send_status: SendStatus) -> Iterator[Any]:
+class InvalidHandlerResult(ServerFault):
+    """A route handler returned something other than a Response or a DeferredResponse."""
+
+    # The same status as an exception raised by a handler, because both are
+    # faults of the application rather than of the server.
+    status = Status.CGI_ERROR
+
+
+def render_response(response: Any, send_status: SendStatus, handler: RouteHandler | None = None) -> Iterator[Any]:
     """
     Yield the body chunks of a handler's result, sending its status first.
 
     A Deferred result, and the header Deferred of a DeferredResponse, are
     yielded as chunks that fire with nothing, so the server waits for them
-    without blocking and cancels them when the client goes away.
+    without blocking and cancels them when the client goes away. Raises
+    InvalidHandlerResult, naming handler, for a result of any other type.
     """
     if isinstance(response, Deferred):
         results: list[Any] = []
@@ -251,7 +282,10 @@ def render_response(response: Any, send_status: SendStatus) -> Iterator[Any]:
     elif isinstance(response, Response):
         send_status(response.status, response.meta)
     else:
-        raise ServerFault(f"route handler returned {type(response).__name__}, expected a Response")
+        name = getattr(handler, "__qualname__", repr(handler)) if handler is not None else "route handler"
+        raise InvalidHandlerResult(
+            f"{name} returned {type(response).__name__}, expected a Response or a DeferredResponse"
+        )
 
     body = response.body
     if body is None:

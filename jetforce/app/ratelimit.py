@@ -25,10 +25,17 @@ if TYPE_CHECKING:
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"(?P<number>\d+)/(?P<multiplier>\d*)(?P<unit>[smhd])")
 
-SLOW_DOWN = 44
-
 
 class RateLimiter:
+    """
+    Counter of requests per key that returns a 44 response over the limit.
+
+    Pass it to JetforceApplication(rate_limiter=...) to check every request
+    before routing, or wrap single route handlers with apply(). clock is any
+    IReactorTime (a task.Clock in tests); time.monotonic is used without it.
+    Raises ValueError for a malformed rate or a zero count or period.
+    """
+
     def __init__(self, rate: str, clock: IReactorTime | None = None) -> None:
         match = RATE_PATTERN.fullmatch(rate.strip())
         if match is None:

@@ -225,7 +225,7 @@ def run_garbage(port: int, tally: Tally, work: Path, index: int) -> None:
 
 
 # (kind, function, threads): well-behaved kinds run in a tight loop, hostile
-# ones in few threads because each holds its connection for seconds.
+# ones in few threads because each keeps its connection open for seconds.
 CLIENT_MIX = [
     ("normal", run_normal, 2),
     ("certificate", run_certificate, 1),

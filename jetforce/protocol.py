@@ -51,7 +51,7 @@ REQUEST_TIMEOUT = 10.0
 # connection is aborted.
 WRITE_TIMEOUT = 30.0
 
-# The status that asks a client for a certificate. The server warns when an
+# The status that requests a certificate from the client. The server warns when an
 # application sends it while the server never requests certificates.
 CLIENT_CERTIFICATE_REQUIRED = 60
 

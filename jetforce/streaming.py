@@ -9,9 +9,9 @@ resumeProducing. A slow client therefore never makes the server buffer more
 than one chunk of a file or a CGI pipe beyond the transport's own buffer.
 
 The header is written together with the first non-empty chunk, so the
-application may change its status until then. A faulty header or a
-chunk of the wrong type before that point is answered with a server error
-instead; after it, the connection is closed and the fault logged, because a
+application may change its status until then. A faulty header, or a chunk
+of the wrong type before that point, gets a server error status instead.
+After that point the connection is closed and the fault logged, because a
 second header cannot be sent.
 
 Pulling runs synchronously until the transport pauses, a Deferred chunk is
@@ -254,7 +254,7 @@ class ResponseStreamer:
         self._end(StreamState.FINISHED)
 
     def _fail(self, failure: Failure) -> None:
-        """Log an application fault and answer it if the header is not out yet."""
+        """Log an application fault, and send a server error status if the header is not out yet."""
         if self._state in (StreamState.FINISHED, StreamState.STOPPED):
             return
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 # A worker that dies sooner than this after its start counts as failing at
-# start-up; after MAX_QUICK_DEATHS of those in a row the parent gives up.
+# start-up. After MAX_QUICK_DEATHS of those in a row, the parent gives up.
 QUICK_DEATH_SECONDS = 2.0
 MAX_QUICK_DEATHS = 3
 

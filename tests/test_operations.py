@@ -22,7 +22,7 @@ echo finished
 
 
 def make_capsule(root: Path, seconds: float) -> Path:
-    """Make a capsule with a CGI script that sleeps before answering and records its PID."""
+    """Make a capsule with a CGI script that records its PID and sleeps before it responds."""
     (root / "cgi-bin").mkdir(parents=True)
     (root / "index.gmi").write_text("# Index\n")
     (root / "large.bin").write_bytes(b"\0" * (32 * 1024 * 1024))
@@ -190,7 +190,7 @@ def _process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie still answers signal 0; it has exited all the same.
+    # A zombie still accepts signal 0, but it has exited all the same.
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().split(")")[-1].split()[0] != "Z"

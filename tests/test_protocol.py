@@ -81,7 +81,7 @@ def test_overlong_request_answered_before_client_stops_sending(credentials):
     server = serve(credentials)
     connection = connect_memory(server, b"gemini://localhost/" + b"a" * 2000)
 
-    # No CRLF was ever sent: the answer comes from the length alone.
+    # No CRLF was ever sent, so the length alone triggers the response.
     assert connection.client.header == b"59 Request is longer than 1024 bytes"
     assert connection.client.closed
 
@@ -91,7 +91,7 @@ def test_request_of_maximum_length_accepted(credentials):
     url = b"gemini://localhost/" + b"a" * (MAX_REQUEST_BYTES - len(b"gemini://localhost/"))
     connection = connect_memory(server, url + b"\r\n")
 
-    # The application has no route for it, so it answers Not Found.
+    # The application has no route for it, so it responds 50 Not Found.
     assert connection.client.header == b"50 Not Found"
 
 

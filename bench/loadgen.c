@@ -323,6 +323,12 @@ static void parse_options(int argc, char **argv)
     if (opt.path[0] != '/') {
         die("--path must start with /");
     }
+    for (const char *p = opt.path; *p != '\0'; p++) {
+        /* The path goes into the JSON report unescaped. */
+        if (*p <= ' ' || *p > '~' || *p == '"' || *p == '\\') {
+            die("--path must contain only printable ASCII without spaces, quotes or backslashes");
+        }
+    }
     if (opt.drain < 0) {
         opt.drain = opt.timeout;
     }
@@ -356,8 +362,8 @@ static void resolve_target(void)
     }
 }
 
-/* Skip building and checking the server's chain, which costs the generator CPU time
- * and decides nothing here. The handshake still checks the CertificateVerify signature. */
+/* Skip building the server's chain, whose result SSL_VERIFY_NONE ignores anyway.
+ * The handshake still checks the CertificateVerify signature. */
 static int accept_any_chain(X509_STORE_CTX *store, void *arg)
 {
     (void)store;
@@ -433,7 +439,7 @@ static void unwatch(struct conn *conn)
     }
 }
 
-/* Whether the kernel retransmitted anything on this socket. Right after connect, that can only be the SYN. */
+/* Return whether the kernel retransmitted anything on this socket. Right after connect, only the SYN can be. */
 static bool had_retransmission(int fd)
 {
     struct tcp_info info;
@@ -521,8 +527,7 @@ static void consume(struct conn *conn, const unsigned char *data, size_t len)
     }
     for (size_t i = 0; i < len && !conn->header_done; i++) {
         if (conn->header_len >= HEADER_MAX) {
-            /* Overlong header: stop parsing and let complete() reject the response. */
-            conn->header_done = false;
+            /* Overlong header: stop parsing, so complete() rejects the response. */
             return;
         }
         conn->header[conn->header_len++] = (char)data[i];
@@ -564,7 +569,7 @@ static void pause_reading(struct conn *conn, double resume_at)
     conn->resume_at = resume_at;
 }
 
-/* Read the response; with --read-rate, read only as much as the per-connection budget allows. */
+/* Read the response. With --read-rate, read only as much as the per-connection budget allows. */
 static void read_response(struct conn *conn, double now)
 {
     for (;;) {
@@ -632,7 +637,7 @@ static void drive(struct conn *conn, double now)
         read_response(conn, now);
         return;
     case ST_IDLE:
-        /* Process post-handshake messages such as NewSessionTicket; EOF means the server closed. */
+        /* Process post-handshake messages such as NewSessionTicket. EOF means that the server closed. */
         ERR_clear_error();
         result = SSL_read(conn->ssl, read_buffer, sizeof(read_buffer));
         if (result > 0) {
@@ -896,13 +901,14 @@ static double run_requests(void)
     return start;
 }
 
-/* Wait until stdin reaches EOF or a line, or until --hold ends. Connections keep being served. */
+/* Wait until stdin reaches EOF or a line, or until --hold ends. Connections keep being served.
+ * A stdin that epoll cannot watch, such as /dev/null or a regular file, leaves only --hold. */
 static void hold_idle_connections(void)
 {
     struct conn stdin_marker;
     memset(&stdin_marker, 0, sizeof(stdin_marker));
     struct epoll_event event = {.events = EPOLLIN, .data.ptr = &stdin_marker};
-    bool stdin_watched = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, STDIN_FILENO, &event) == 0;
+    bool stdin_added = epoll_ctl(epoll_fd, EPOLL_CTL_ADD, STDIN_FILENO, &event) == 0;
     double deadline = now_s() + opt.hold;
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
@@ -919,15 +925,13 @@ static void hold_idle_connections(void)
         now = now_s();
         for (int i = 0; i < count; i++) {
             if (events[i].data.ptr == &stdin_marker) {
-                /* Any input or EOF on stdin ends the hold. */
-                stdin_watched = false;
-                deadline = now;
+                deadline = now; /* any input or EOF on stdin ends the hold */
             } else {
                 handle_event(events[i].data.ptr, now);
             }
         }
     }
-    if (stdin_watched) {
+    if (stdin_added) {
         epoll_ctl(epoll_fd, EPOLL_CTL_DEL, STDIN_FILENO, NULL);
     }
 }
@@ -977,7 +981,7 @@ static int compare_doubles(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Nearest-rank percentile of sorted values; q in [0, 1]. */
+/* Return the nearest-rank percentile of sorted values, for q in [0, 1]. */
 static double percentile(const double *sorted, long len, double q)
 {
     if (len == 0) {

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from twisted.internet.error import CannotListenError
+from twisted.logger import globalLogBeginner
 
 from .__version__ import __version__
 from .app.base import RateLimiter
@@ -258,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         check_arguments(args)
     except UsageError as error:
         return _fail(str(error), status=2)
+
+    # Without a beginning, Twisted's global log keeps the last 65536 events
+    # in memory for a future observer. The server renders the events it
+    # needs through its own observer, so the buffer is not needed.
+    globalLogBeginner.beginLoggingTo([], discardBuffer=True, redirectStandardIO=False)
 
     if args.workers > 1:
         return run_workers(args)

@@ -149,7 +149,8 @@ class RoutePattern:
     _hostname: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._regex = re.compile(self.path)
+        # DOTALL lets ".*" match a path with a decoded %0A in it too.
+        self._regex = re.compile(self.path, re.DOTALL)
         self._hostname = None if self.hostname is None else normalize_hostname(self.hostname)
 
     def match(self, request: Request) -> re.Match[str] | None:

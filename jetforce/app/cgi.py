@@ -3,22 +3,30 @@ CGI scripts run as child processes, with their output relayed as it arrives.
 
 run_cgi_script() spawns the script with spawnProcess and returns a
 DeferredResponse at once, so the reactor never waits on a script. The first
-line of the script's stdout is the Gemini header; the rest is the body,
-handed out chunk by chunk through Deferreds. When more than
-MAX_BUFFERED_BYTES wait for a slow client, reading the pipe pauses, so the
-script blocks on its own writes instead of filling the server's memory.
+line of the script's stdout is the Gemini header, checked like any other;
+the rest is the body, handed to the server chunk by chunk through
+Deferreds. When more than MAX_BUFFERED_BYTES wait for a slow client,
+reading the pipe pauses, so the script blocks on its own writes instead of
+filling the server's memory.
 
-The response ends when the script closes its stdout. Exit statuses are only
-logged: a reactor started without signal handlers (in a thread, as test
-suites do) never learns that a child exited, and nothing here waits for it.
+The response ends when the script closes its stdout; the exit status is
+only logged. A reactor started without signal handlers (in a thread, as
+test suites and embedding applications run it) never learns of SIGCHLD,
+so once stdout is closed the process is reaped by polling waitpid() until
+it has exited.
 
-A script is sent SIGTERM, then SIGKILL after KILL_GRACE_PERIOD seconds, when
-its client goes away or when it writes no header within the timeout.
+A script that writes no header within its timeout or an invalid one, or
+whose client goes away, is abandoned: its output is discarded, the read end
+of its stdout is closed so that its next write fails, and it is sent
+SIGTERM, then SIGKILL if it is still running KILL_GRACE_PERIOD seconds
+later.
 """
 
 from __future__ import annotations
 
+import enum
 import os
+import re
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -42,57 +50,168 @@ DEFAULT_CGI_TIMEOUT = 30.0
 KILL_GRACE_PERIOD = 5.0
 
 # Output that may wait for a slow client before the pipe stops being read.
+# Reading resumes once the client has taken half of it.
 MAX_BUFFERED_BYTES = 256 * 1024
 
 # A line of stderr longer than this is logged in pieces.
 MAX_STDERR_LINE_BYTES = 4096
 
+# Lines of stderr logged per run. Later lines are only counted, so that a
+# script stuck in a loop cannot flood the log.
+MAX_STDERR_LINES_LOGGED = 200
+
+# Seconds between waitpid() polls for a script that has closed its stdout or
+# been signalled but has not been reaped. The interval doubles from the
+# first value up to the second.
+FIRST_REAP_INTERVAL = 0.05
+MAX_REAP_INTERVAL = 5.0
+
 # The only variable of the server's own environment that scripts inherit.
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+# C0 controls and DEL in stderr text are escaped so that a line of a
+# script's stderr stays one line of the server's log.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 log = Logger(namespace="jetforce.cgi")
+
+
+class ScriptState(enum.Enum):
+    WAITING_FOR_HEADER = "waiting for the header"
+    RELAYING_BODY = "relaying the body"
+    # stdout closed after a valid header. Buffered chunks may remain.
+    FINISHED = "finished"
+    # The header failed or the response was cancelled, so output is discarded.
+    ABANDONED = "abandoned"
+
+
+_ALLOWED_TRANSITIONS: dict[ScriptState, frozenset[ScriptState]] = {
+    ScriptState.WAITING_FOR_HEADER: frozenset({ScriptState.RELAYING_BODY, ScriptState.ABANDONED}),
+    ScriptState.RELAYING_BODY: frozenset({ScriptState.FINISHED, ScriptState.ABANDONED}),
+    ScriptState.FINISHED: frozenset(),
+    ScriptState.ABANDONED: frozenset(),
+}
 
 
 class CGIProcessProtocol(ProcessProtocol):
     """One running script: its header Deferred, its buffered output and its lifetime."""
 
-    def __init__(self, script_name: str, clock: Any, timeout: float, log: Logger = log) -> None:
+    def __init__(
+        self,
+        script_name: str,
+        clock: Any,
+        timeout: float,
+        log: Logger = log,
+        peer: str = "-",
+    ) -> None:
         self.script_name = script_name
         self.clock = clock
         self.log = log
+        self.peer = peer
         self.header: Deferred[tuple[int, str]] = Deferred(self._cancel)
-        self.finished = False
+        self.state = ScriptState.WAITING_FOR_HEADER
+        self.pid: int | None = None
 
         self._timeout = timeout
+        self._abandon_reason: str | None = None
+        self._response_failed = False
         self._header_buffer = bytearray()
-        self._header_done = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reading_paused = False
         self._stdout_closed = False
+        self._end_delivered = False
         self._waiting: Deferred[bytes | None] | None = None
         self._stderr_buffer = bytearray()
+        self._stderr_lines_logged = 0
+        self._stderr_lines_dropped = 0
         self._timeout_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
+        self._reap_call: IDelayedCall | None = None
+        self._reap_interval = FIRST_REAP_INTERVAL
+        self._signalled = False
         self._exited = False
+        self._exit_error: BaseException | None = None
+        self._exit_logged = False
+
+    def _set_state(self, new_state: ScriptState) -> None:
+        if new_state not in _ALLOWED_TRANSITIONS[self.state]:
+            raise RuntimeError(f"CGI script {self.script_name} cannot go from {self.state} to {new_state}")
+        self.state = new_state
 
     # Process events.
 
     def connectionMade(self) -> None:
+        self.pid = self.transport.pid
         # Gemini requests have no body, so the script's stdin is closed.
         self.transport.closeStdin()
         self._timeout_call = self.clock.callLater(self._timeout, self._header_timed_out)
 
     def outReceived(self, data: bytes) -> None:
-        if self._header_done:
+        if self.state is ScriptState.RELAYING_BODY:
             self._append_body(data)
-            return
+        elif self.state is ScriptState.WAITING_FOR_HEADER:
+            self._receive_header(data)
+        # Output of an abandoned script is dropped until its pipe closes.
 
+    def errReceived(self, data: bytes) -> None:
+        self._stderr_buffer += data
+        while True:
+            end = self._stderr_buffer.find(b"\n")
+            if end != -1:
+                self._log_stderr(bytes(self._stderr_buffer[:end]))
+                del self._stderr_buffer[: end + 1]
+            elif len(self._stderr_buffer) > MAX_STDERR_LINE_BYTES:
+                self._log_stderr(bytes(self._stderr_buffer[:MAX_STDERR_LINE_BYTES]))
+                del self._stderr_buffer[:MAX_STDERR_LINE_BYTES]
+            else:
+                return
+
+    def outConnectionLost(self) -> None:
+        self._stdout_closed = True
+        if self.state is ScriptState.WAITING_FOR_HEADER:
+            reason = "output ended inside the header line" if self._header_buffer else "no output on stdout"
+            self._abandon(reason, failed=True)
+        elif self.state is ScriptState.RELAYING_BODY:
+            self._set_state(ScriptState.FINISHED)
+            self._deliver_waiting()
+        self._start_reaping()
+        self._log_exit_once_known()
+
+    def errConnectionLost(self) -> None:
+        if self._stderr_buffer:
+            self._log_stderr(bytes(self._stderr_buffer))
+            self._stderr_buffer.clear()
+        if self._stderr_lines_dropped:
+            self.log.warn(
+                "{peer} CGI script {script} (pid {pid}): {count} more lines of stderr were not logged",
+                peer=self.peer,
+                script=self.script_name,
+                pid=self.pid,
+                count=self._stderr_lines_dropped,
+            )
+
+    def processExited(self, reason: Failure) -> None:
+        self._exited = True
+        self._exit_error = reason.value
+        self._kill_call = _cancel_call(self._kill_call)
+        self._reap_call = _cancel_call(self._reap_call)
+        self._log_exit_once_known()
+
+    def processEnded(self, reason: Failure) -> None:
+        self._exited = True
+        self._timeout_call = _cancel_call(self._timeout_call)
+        self._kill_call = _cancel_call(self._kill_call)
+        self._reap_call = _cancel_call(self._reap_call)
+
+    # The header.
+
+    def _receive_header(self, data: bytes) -> None:
         self._header_buffer += data
         end = self._header_buffer.find(b"\n")
         if end == -1:
             if len(self._header_buffer) > MAX_HEADER_LINE_BYTES:
-                self._fail_header(f"header line is longer than {MAX_HEADER_LINE_BYTES} bytes")
+                self._abandon(f"header line longer than {MAX_HEADER_LINE_BYTES} bytes", failed=True)
             return
 
         line = bytes(self._header_buffer[:end]).removesuffix(b"\r")
@@ -101,81 +220,39 @@ class CGIProcessProtocol(ProcessProtocol):
         try:
             status, meta = parse_response_header(line)
         except InvalidResponseHeader as error:
-            self._fail_header(f"invalid header: {error.meta}")
+            self._abandon(f"invalid header: {error.meta}", failed=True)
             return
 
-        self._header_done = True
-        self._cancel_timeout()
-        if not self.header.called:
-            self.header.callback((status, meta))
+        self._timeout_call = _cancel_call(self._timeout_call)
+        self._set_state(ScriptState.RELAYING_BODY)
         if rest:
             self._append_body(rest)
+        self.header.callback((status, meta))
 
-    def errReceived(self, data: bytes) -> None:
-        self._stderr_buffer += data
-        while True:
-            end = self._stderr_buffer.find(b"\n")
-            if end == -1:
-                if len(self._stderr_buffer) > MAX_STDERR_LINE_BYTES:
-                    self._log_stderr(bytes(self._stderr_buffer[:MAX_STDERR_LINE_BYTES]))
-                    del self._stderr_buffer[:MAX_STDERR_LINE_BYTES]
-                    continue
-                return
-            self._log_stderr(bytes(self._stderr_buffer[:end]))
-            del self._stderr_buffer[: end + 1]
-
-    def outConnectionLost(self) -> None:
-        self._stdout_closed = True
-        if not self._header_done:
-            if self._header_buffer:
-                self._fail_header("output ended before the end of the header line")
-            else:
-                self._fail_header("wrote nothing to stdout")
-            return
-        self._deliver_waiting()
-
-    def errConnectionLost(self) -> None:
-        if self._stderr_buffer:
-            self._log_stderr(bytes(self._stderr_buffer))
-            self._stderr_buffer.clear()
-
-    def processEnded(self, reason: Failure) -> None:
-        self._exited = True
-        self._cancel_timeout()
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-
-        value = reason.value
-        if isinstance(value, internet_error.ProcessTerminated):
-            if value.signal is not None:
-                self.log.warn("CGI script {script} was ended by signal {signal}", script=self.script_name, signal=value.signal)
-            else:
-                self.log.warn("CGI script {script} exited with status {code}", script=self.script_name, code=value.exitCode)
+    def _header_timed_out(self) -> None:
+        self._timeout_call = None
+        self._abandon(f"no header within {self._timeout:g} s", failed=True)
 
     # The body, as the response streamer pulls it.
 
     def next_chunk(self) -> Deferred[bytes | None]:
         """Return a Deferred firing with the next piece of output, or None at its end."""
         if self._chunks:
-            chunk = self._chunks.popleft()
-            self._buffered -= len(chunk)
-            if self._reading_paused and self._buffered <= MAX_BUFFERED_BYTES // 2:
-                self._reading_paused = False
-                self.transport.resumeProducing()
-            return succeed(chunk)
-        if self._stdout_closed:
-            self.finished = True
+            return succeed(self._take_chunk())
+        if self.state is not ScriptState.RELAYING_BODY:
+            self._end_delivered = True
             return succeed(None)
         self._waiting = Deferred(self._cancel)
         return self._waiting
 
     def body(self) -> Iterator[Deferred[bytes | None]]:
+        """Yield Deferreds of the output chunks; closing it early abandons the script."""
         try:
-            while not self.finished:
+            while not self._end_delivered:
                 yield self.next_chunk()
         finally:
-            if not self.finished:
-                self.terminate("the response was abandoned")
+            if not self._end_delivered:
+                self._abandon("response closed before the output ended", failed=False)
 
     def _append_body(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -185,70 +262,198 @@ class CGIProcessProtocol(ProcessProtocol):
             self.transport.pauseProducing()
         self._deliver_waiting()
 
+    def _take_chunk(self) -> bytes:
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= MAX_BUFFERED_BYTES // 2:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        return chunk
+
     def _deliver_waiting(self) -> None:
-        waiting, self._waiting = self._waiting, None
+        waiting = self._waiting
         if waiting is None:
             return
         if self._chunks:
-            chunk = self._chunks.popleft()
-            self._buffered -= len(chunk)
-            waiting.callback(chunk)
-        elif self._stdout_closed:
-            self.finished = True
+            self._waiting = None
+            waiting.callback(self._take_chunk())
+        elif self.state is ScriptState.FINISHED:
+            self._waiting = None
+            self._end_delivered = True
             waiting.callback(None)
-        else:
-            self._waiting = waiting
 
-    # Failures and ending the process.
-
-    def _fail_header(self, reason: str) -> None:
-        self._header_done = True
-        self._cancel_timeout()
-        self.log.error("CGI script {script} failed: {reason}; answering 42", script=self.script_name, reason=reason)
-        self.terminate(reason)
-        if not self.header.called:
-            self.header.errback(CGIError(f"CGI script {self.script_name} {reason}"))
-
-    def _header_timed_out(self) -> None:
-        self._timeout_call = None
-        self._fail_header(f"wrote no header within {self._timeout:g} s")
+    # Abandoning, ending and reaping the process.
 
     def _cancel(self, deferred: Deferred[Any]) -> None:
+        # The server cancels what it waits on when the connection closes.
         if deferred is self._waiting:
             self._waiting = None
-        self.terminate("the client went away")
+        self._abandon("connection closed before the response ended", failed=False)
 
-    def terminate(self, reason: str) -> None:
-        """Send SIGTERM now and SIGKILL after the grace period, unless the script has exited."""
-        if self._exited or self._kill_call is not None:
+    def _abandon(self, reason: str, *, failed: bool) -> None:
+        """
+        Discard the script's output and end the script.
+
+        With failed set and no header yet, the header Deferred fails with a
+        CGIError, which the server sends as 42.
+        """
+        if self.state in (ScriptState.FINISHED, ScriptState.ABANDONED):
             return
-        self.log.info("Ending CGI script {script}: {reason}", script=self.script_name, reason=reason)
-        self._signal("TERM")
-        self._kill_call = self.clock.callLater(KILL_GRACE_PERIOD, self._signal, "KILL")
+        waiting_for_header = self.state is ScriptState.WAITING_FOR_HEADER
+        self._set_state(ScriptState.ABANDONED)
+        self._abandon_reason = reason
+        self._response_failed = failed
+        self._timeout_call = _cancel_call(self._timeout_call)
+        self._header_buffer.clear()
+        self._chunks.clear()
+        self._buffered = 0
 
-    def _signal(self, name: str) -> None:
+        if not self._stdout_closed:
+            self.transport.closeStdout()
+            if self._reading_paused:
+                # Pausing also stopped stderr, whose last lines are still logged.
+                self._reading_paused = False
+                self.transport.resumeProducing()
+        else:
+            # Most scripts close stdout by exiting, and one that has exited
+            # needs no signal. A script still running when the reactor shuts
+            # down also has its pipe closed, and that one needs the signal.
+            self._try_reap()
+        self._terminate(reason)
+
+        if failed and waiting_for_header and not self.header.called:
+            self.header.errback(CGIError(f"CGI script {self.script_name} failed: {reason}"))
+
+    def _terminate(self, reason: str) -> None:
+        if self._exited or self._signalled:
+            return
+        self._signalled = True
+        self.log.info(
+            "{peer} ending CGI script {script} (pid {pid}): {reason}; sent SIGTERM",
+            peer=self.peer,
+            script=self.script_name,
+            pid=self.pid,
+            reason=reason,
+        )
+        self._signal("TERM")
+        self._kill_call = self.clock.callLater(KILL_GRACE_PERIOD, self._kill)
+        self._start_reaping()
+
+    def _kill(self) -> None:
+        self._kill_call = None
         if self._exited:
             return
+        self.log.warn(
+            "{peer} CGI script {script} (pid {pid}) still running {grace:g} s after SIGTERM: sent SIGKILL",
+            peer=self.peer,
+            script=self.script_name,
+            pid=self.pid,
+            grace=KILL_GRACE_PERIOD,
+        )
+        self._signal("KILL")
+
+    def _signal(self, name: str) -> None:
         try:
             self.transport.signalProcess(name)
-        except (internet_error.ProcessExitedAlready, OSError):
+        except internet_error.ProcessExitedAlready:
             pass
+        except OSError as error:
+            self.log.warn(
+                "{peer} sending SIG{signal} to CGI script {script} (pid {pid}) failed: {error}",
+                peer=self.peer,
+                signal=name,
+                script=self.script_name,
+                pid=self.pid,
+                error=error,
+            )
 
-    def _cancel_timeout(self) -> None:
-        if self._timeout_call is not None and self._timeout_call.active():
-            self._timeout_call.cancel()
-        self._timeout_call = None
+    def _start_reaping(self) -> None:
+        if self._exited or self._reap_call is not None:
+            return
+        self._reap_call = self.clock.callLater(self._reap_interval, self._reap)
+
+    def _reap(self) -> None:
+        self._reap_call = None
+        self._try_reap()
+        if not self._exited:
+            self._reap_interval = min(self._reap_interval * 2, MAX_REAP_INTERVAL)
+            self._reap_call = self.clock.callLater(self._reap_interval, self._reap)
+
+    def _try_reap(self) -> None:
+        # Twisted's Process.reapProcess() calls waitpid(WNOHANG) and, once
+        # the process has exited, processExited() here.
+        if not self._exited:
+            self.transport.reapProcess()
+
+    # Logging.
+
+    def _log_exit_once_known(self) -> None:
+        # A script is often reaped before its last output is read (at once
+        # after a fork, or on SIGCHLD), and only that output shows whether
+        # the response failed. The exit is logged once both have happened.
+        if self._exit_error is None or not self._stdout_closed or self._exit_logged:
+            return
+        self._exit_logged = True
+        self._log_exit(self._exit_error)
+
+    def _log_exit(self, error: BaseException) -> None:
+        exit_code: int | None = 0
+        signal_number: int | None = None
+        if isinstance(error, internet_error.ProcessTerminated):
+            exit_code, signal_number = error.exitCode, error.signal
+
+        if signal_number is not None:
+            outcome = f"was ended by signal {signal_number}"
+        else:
+            outcome = f"exited with status {exit_code}"
+        fields = {"peer": self.peer, "script": self.script_name, "pid": self.pid, "outcome": outcome}
+
+        if self._abandon_reason is not None:
+            fields["reason"] = self._abandon_reason
+            if self._response_failed:
+                self.log.warn("{peer} CGI script {script} (pid {pid}) {outcome}; answered 42: {reason}", **fields)
+            else:
+                self.log.info("{peer} CGI script {script} (pid {pid}) {outcome} after it was abandoned: {reason}", **fields)
+        elif exit_code != 0 or signal_number is not None:
+            self.log.warn("{peer} CGI script {script} (pid {pid}) {outcome}", **fields)
+        # A clean exit after a complete response is in the access log already.
 
     def _log_stderr(self, line: bytes) -> None:
-        text = line.rstrip(b"\r").decode("utf-8", "backslashreplace")
-        self.log.info("CGI script {script} stderr: {line}", script=self.script_name, line=text)
+        if self._stderr_lines_logged >= MAX_STDERR_LINES_LOGGED:
+            self._stderr_lines_dropped += 1
+            return
+        self._stderr_lines_logged += 1
+        text = line.removesuffix(b"\r").decode("utf-8", "backslashreplace")
+        text = _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+        self.log.info(
+            "{peer} CGI script {script} (pid {pid}) stderr: {line}",
+            peer=self.peer,
+            script=self.script_name,
+            pid=self.pid,
+            line=text,
+        )
+
+
+def _cancel_call(call: IDelayedCall | None) -> None:
+    """Cancel a delayed call unless it has run. Returns None, for the attribute that held the call."""
+    if call is not None and call.active():
+        call.cancel()
+    return None
 
 
 def build_cgi_environment(environ: dict[str, Any]) -> dict[str, str]:
-    """Return the script's environment: the request's variables and a safe PATH, nothing else."""
+    """
+    Return the script's environment: the request's variables and a safe PATH, nothing else.
+
+    Raises CGIError when a value contains a NUL character, which no
+    environment variable can hold (a client certificate's common name, say).
+    """
     variables = cgi_environment(environ)
     variables["GATEWAY_INTERFACE"] = "CGI/1.1"
     variables["PATH"] = SAFE_PATH
+    for name, value in variables.items():
+        if "\x00" in value:
+            raise CGIError(f"cannot pass {name} to a CGI script: its value contains a NUL character")
     return variables
 
 
@@ -259,14 +464,16 @@ def run_cgi_script(
     timeout: float = DEFAULT_CGI_TIMEOUT,
     logger: Logger = log,
 ) -> DeferredResponse:
-    """Spawn the script at path and return its response, whose header arrives later."""
-    script_name = str(environ.get("SCRIPT_NAME", path))
-    process = CGIProcessProtocol(script_name, reactor, timeout, logger)
-    reactor.spawnProcess(
-        process,
-        path,
-        args=[path],
-        env=build_cgi_environment(environ),
-        path=os.path.dirname(path) or None,
-    )
+    """
+    Spawn the script at path and return its response, whose header arrives later.
+
+    Raises CGIError when the script cannot be started.
+    """
+    script_name = str(environ.get("SCRIPT_NAME") or path)
+    variables = build_cgi_environment(environ)
+    process = CGIProcessProtocol(script_name, reactor, timeout, logger, peer=str(environ.get("REMOTE_ADDR", "-")))
+    try:
+        reactor.spawnProcess(process, path, args=[path], env=variables, path=os.path.dirname(path) or None)
+    except (OSError, ValueError) as error:
+        raise CGIError(f"CGI script {script_name} could not be started: {error}") from error
     return DeferredResponse(process.header, process.body())

@@ -29,6 +29,7 @@ from jetforce.app.cgi import (
     ScriptState,
     build_cgi_environment,
     run_cgi_script,
+    spawn_command,
 )
 from jetforce.errors import CGIError
 
@@ -608,9 +609,8 @@ def test_request_environment_passed_to_script(capsule: Path) -> None:
 
     [spawned] = reactor.spawned
     env = spawned.env
-    assert spawned.executable == str(capsule.resolve() / "cgi-bin" / "script")
-    assert spawned.args == [spawned.executable]
-    assert spawned.path == str(capsule.resolve() / "cgi-bin")
+    script = str(capsule.resolve() / "cgi-bin" / "script")
+    assert (spawned.executable, spawned.args, spawned.path) == spawn_command(script)
     assert set(env) == {
         "GEMINI_URL", "HOSTNAME", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE",
         "QUERY_STRING", "REMOTE_ADDR", "REMOTE_HOST", "TLS_CIPHER", "TLS_VERSION",
@@ -651,7 +651,7 @@ def test_script_name_and_path_info(capsule: Path, path: str, script: str, script
     reactor, _, _ = serve_with_fake_processes(capsule, "gemini://localhost" + path)
 
     [spawned] = reactor.spawned
-    assert spawned.executable == str(capsule.resolve() / "cgi-bin" / script)
+    assert spawned.args[-1] == str(capsule.resolve() / "cgi-bin" / script)
     assert spawned.env["SCRIPT_NAME"] == script_name
     assert spawned.env["PATH_INFO"] == path_info
 
@@ -779,3 +779,22 @@ def test_exit_before_output_is_read_logged_after_it() -> None:
 
     assert run.process.signals == []
     assert any("(pid 40000) exited with status 0; answered 42: invalid header" in line for line in run.log)
+
+
+def test_spawn_command_changes_to_script_directory() -> None:
+    executable, arguments, working_directory = spawn_command("/srv/gemini/cgi-bin/app")
+
+    if executable.endswith("/env"):
+        assert arguments == [executable, "--chdir", "/srv/gemini/cgi-bin", "/srv/gemini/cgi-bin/app"]
+        assert working_directory is None
+    else:
+        assert arguments == ["/srv/gemini/cgi-bin/app"]
+        assert working_directory == "/srv/gemini/cgi-bin"
+
+
+def test_spawn_command_without_env_for_equals_sign() -> None:
+    executable, arguments, working_directory = spawn_command("/srv/gemini/cgi-bin/a=b")
+
+    assert executable == "/srv/gemini/cgi-bin/a=b"
+    assert arguments == [executable]
+    assert working_directory == "/srv/gemini/cgi-bin"

@@ -394,3 +394,19 @@ def test_cli_logs_script_stderr_and_warnings(tmp_path: Path) -> None:
 
     assert "stderr: first stderr line" in running.stderr()
     assert "not an executable file" in running.stderr()
+
+
+def test_script_runs_in_its_own_directory(tmp_path: Path) -> None:
+    root = tmp_path / "capsule"
+    (root / "cgi-bin").mkdir(parents=True)
+    script = root / "cgi-bin" / "where"
+    script.write_text("#!/bin/sh\nprintf '20 text/plain\\r\\n'\npwd\n")
+    script.chmod(0o755)
+    running = start_process(jetforce_command("--dir", str(root)), tmp_path)
+    try:
+        response = gemini_request(running.port, "gemini://localhost/cgi-bin/where")
+    finally:
+        running.stop()
+
+    assert response.status == 20
+    assert response.body.decode().strip() == str((root / "cgi-bin").resolve())

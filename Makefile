@@ -19,11 +19,12 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 serve: $(VENV)/.installed
-	@echo "Serving contrib/capsule on gemini://$(HOSTNAME):$(PORT)/ with transient client certificates accepted."
-	@echo "Connect with:  printf 'gemini://$(HOSTNAME)/\r\n' | openssl s_client -quiet -connect $(HOST):$(PORT) -servername $(HOSTNAME)"
-	@echo "To present a client certificate, make one and add -cert client.crt -key client.key:"
-	@echo "  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=alice -keyout client.key -out client.crt"
-	@echo "  printf 'gemini://$(HOSTNAME)/cgi-bin/whoami\r\n' | openssl s_client -quiet -connect $(HOST):$(PORT) -servername $(HOSTNAME) -cert client.crt -key client.key"
+	@printf '%s\n' "Serving contrib/capsule on gemini://$(HOSTNAME):$(PORT)/ with transient client certificates accepted." \
+		"Connect with:" \
+		"  printf 'gemini://$(HOSTNAME)/\\r\\n' | openssl s_client -quiet -connect $(HOST):$(PORT) -servername $(HOSTNAME)" \
+		"To present a client certificate, make one and add -cert client.crt -key client.key:" \
+		"  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=alice -keyout client.key -out client.crt" \
+		"  printf 'gemini://$(HOSTNAME)/cgi-bin/whoami\\r\\n' | openssl s_client -quiet -connect $(HOST):$(PORT) -servername $(HOSTNAME) -cert client.crt -key client.key"
 	$(VENV)/bin/jetforce --host $(HOST) --port $(PORT) --hostname $(HOSTNAME) \
 		--dir contrib/capsule --cgi-dir cgi-bin --allow-transient-certs
 

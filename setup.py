@@ -33,7 +33,6 @@ setup(
     classifiers=[
         "Environment :: No Input/Output (Daemon)",
         "Framework :: Twisted",
-        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3.11",
         "Topic :: Internet",
     ],

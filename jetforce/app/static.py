@@ -93,6 +93,9 @@ class FileChunks:
     def close(self) -> None:
         self._handle.close()
 
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
     @property
     def closed(self) -> bool:
         return self._handle.closed
@@ -105,7 +108,7 @@ class StaticDirectoryApplication(JetforceApplication):
     cgi_directory is relative to the root; an empty one turns CGI off.
     cgi_timeout is the number of seconds a script has to write its header.
     reactor runs the scripts and defaults to the global one. Requests for
-    another scheme, host or port are answered 53, missing files 51.
+    another scheme, host or port get 53, missing files 51.
     """
 
     def __init__(
@@ -124,6 +127,9 @@ class StaticDirectoryApplication(JetforceApplication):
         self.index_file = index_file
         self.cgi_directory = cgi_directory
         self._cgi_segments = _split_cgi_directory(cgi_directory)
+        # ((st_dev, st_ino), case-folded parts of its real path) of the CGI
+        # directory, recomputed when the directory is replaced.
+        self._cgi_real_parts: tuple[tuple[int, int], list[str]] | None = None
         self.default_lang = default_lang
         self.cgi_timeout = cgi_timeout
         self.reactor = reactor
@@ -137,7 +143,7 @@ class StaticDirectoryApplication(JetforceApplication):
         self.routes.append((RoutePattern(".*", strict_trailing_slash=True), self.serve_static_file))
 
     def serve_static_file(self, request: Request) -> Any:
-        """Answer a request from the file system: a file, a listing, a redirect or a CGI script."""
+        """Respond to a request from the file system: a file, a listing, a redirect or a CGI script."""
         raw_path = urlsplit(request.url).path
         try:
             resolved = resolve_url_path(raw_path)
@@ -211,13 +217,6 @@ class StaticDirectoryApplication(JetforceApplication):
     # Files.
 
     def _serve_file(self, path: Path, mimetype: str | None = None) -> Response:
-        if self._inside_cgi_directory(path):
-            log.warn(
-                "Not serving {path} as a static file: it lies in the CGI directory {cgi} on disk",
-                path=str(path),
-                cgi=self.cgi_directory,
-            )
-            raise NotFound(f"inside the CGI directory: {path}")
         try:
             body = self.load_file(path)
         except PermissionError as error:
@@ -225,6 +224,18 @@ class StaticDirectoryApplication(JetforceApplication):
             raise NotFound(f"cannot read {path}") from error
         except OSError as error:
             raise NotFound(f"cannot open {path}: {error}") from error
+
+        descriptor = body.fileno() if isinstance(body, FileChunks) else None
+        if self._inside_cgi_directory(path, descriptor):
+            if isinstance(body, FileChunks):
+                body.close()
+            log.warn(
+                "Not serving {path} as a static file: it lies in the CGI directory {cgi} on disk",
+                path=str(path),
+                cgi=self.cgi_directory,
+            )
+            raise NotFound(f"inside the CGI directory: {path}")
+
         meta = self.add_extra_parameters(mimetype or self.guess_mimetype(path.name))
         return Response(Status.SUCCESS, meta, body)
 
@@ -265,8 +276,13 @@ class StaticDirectoryApplication(JetforceApplication):
         count = len(self._cgi_segments)
         return count > 0 and len(segments) > count and segments[:count] == self._cgi_segments
 
-    def _inside_cgi_directory(self, path: Path) -> bool:
-        """Tell whether a file lies in the CGI directory on disk, whatever URL reached it."""
+    def _inside_cgi_directory(self, path: Path, descriptor: int | None = None) -> bool:
+        """
+        Tell whether a file lies in the CGI directory on disk, whatever URL reached it.
+
+        descriptor, the file opened for serving, lets the kernel resolve
+        its real path in one call instead of one lstat() per component.
+        """
         if not self._cgi_segments:
             return False
         cgi_path = self.root.joinpath(*self._cgi_segments)
@@ -280,12 +296,20 @@ class StaticDirectoryApplication(JetforceApplication):
         # catches a name in another letter case on a case-insensitive file
         # system. NOTE: that case is untested, as the tests run on a
         # case-sensitive file system.
-        depth = len(Path(os.path.realpath(cgi_path)).parts)
-        parts = Path(os.path.realpath(path)).parts
-        if len(parts) <= depth:
+        cgi_key = (cgi_info.st_dev, cgi_info.st_ino)
+        if self._cgi_real_parts is None or self._cgi_real_parts[0] != cgi_key:
+            real_parts = os.path.realpath(cgi_path).split(os.sep)
+            self._cgi_real_parts = (cgi_key, [part.casefold() for part in real_parts])
+        cgi_parts = self._cgi_real_parts[1]
+        depth = len(cgi_parts)
+
+        # A path whose leading names differ from the CGI directory's in more
+        # than letter case cannot lie inside it; only the others need a stat().
+        parts = _real_path(path, descriptor).split(os.sep)
+        if len(parts) <= depth or [part.casefold() for part in parts[:depth]] != cgi_parts:
             return False
         try:
-            info = os.stat(Path(*parts[:depth]))
+            info = os.stat(os.sep.join(parts[:depth]))
         except OSError:
             return False
         return (info.st_dev, info.st_ino) == (cgi_info.st_dev, cgi_info.st_ino)
@@ -387,6 +411,17 @@ def _render_listing(url_path: str, entries: Iterable[tuple[str, bool]]) -> Itera
             lines, size = [], 0
     if lines:
         yield "".join(lines)
+
+
+def _real_path(path: Path, descriptor: int | None) -> str:
+    """Return the path of a file with every symbolic link resolved."""
+    if descriptor is not None:
+        # Linux names an open file's real path in /proc/self/fd.
+        try:
+            return os.readlink(f"/proc/self/fd/{descriptor}")
+        except OSError:
+            pass
+    return os.path.realpath(path)
 
 
 def _with_trailing_slash(url: str) -> str:

@@ -180,6 +180,9 @@ class GeminiTLSOptions:
             # certificate is always served, without the TLS_CLIENT_* variables.
             context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, self._verify_callback)
             context.set_verify_depth(MAX_CLIENT_CHAIN_DEPTH)
+            # NOTE: the certificate request names no acceptable CAs, so a
+            # client that picks its certificate by issuer sees no hint; a
+            # list would also steer clients away from transient ones.
         else:
             context.set_verify(SSL.VERIFY_NONE)
         return context

@@ -4,9 +4,12 @@
 
 PYTHON ?= python3
 VENV := .venv
-PORT ?= 1965
-HOST ?= 127.0.0.1
-HOSTNAME ?= localhost
+# Plain assignments: many shells and containers export HOSTNAME, which must
+# not change what the README's commands connect to. `make serve PORT=1966`
+# still overrides them.
+PORT := 1965
+HOST := 127.0.0.1
+HOSTNAME := localhost
 
 .PHONY: serve test install clean
 

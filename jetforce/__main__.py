@@ -207,9 +207,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"root directory {args.dir} does not exist or is not a directory (--dir)")
     if args.tls_keyfile and not args.tls_certfile:
         raise UsageError("--tls-keyfile needs --tls-certfile")
-    for option, path in (("--tls-certfile", args.tls_certfile), ("--tls-keyfile", args.tls_keyfile)):
+    for option, path in (
+        ("--tls-certfile", args.tls_certfile),
+        ("--tls-keyfile", args.tls_keyfile),
+        ("--tls-cafile", args.tls_cafile),
+    ):
         if path and not Path(path).is_file():
             raise UsageError(f"{option} {path} does not exist or is not a file")
+    if args.tls_capath and not Path(args.tls_capath).is_dir():
+        raise UsageError(f"--tls-capath {args.tls_capath} does not exist or is not a directory")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535, got {args.port}")
     if args.rate_limit:
@@ -272,9 +278,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) -> int:
     """Build, start and run one server process until it stops; return its exit status."""
+    server = build_server(args, sockets)
+    # Start-up lines are held back until the server listens, so that a
+    # start that fails prints its one error line and nothing else.
+    held_lines: list[str] = []
+    server.log_message = held_lines.append  # type: ignore[method-assign]
     try:
-        server = build_server(args, sockets)
-        server.log.info("Serving {root}, CGI scripts in {cgi}", root=str(server.app.root), cgi=args.cgi_dir)
+        cgi = f"CGI scripts in {args.cgi_dir}" if args.cgi_dir.strip("/") else "CGI off"
+        server.log.info("Serving {root}, {cgi}", root=str(server.app.root), cgi=cgi)
         server.initialize()
     except TLSConfigurationError as error:
         return _fail(f"TLS configuration failed: {error}")
@@ -284,6 +295,9 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) 
     except (OSError, ValueError) as error:
         return _fail(f"start-up failed: {error}")
 
+    del server.log_message
+    for line in held_lines:
+        server.log_message(line)
     server.run_reactor()
     server.log.info("Stopped")
     return 0

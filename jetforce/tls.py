@@ -282,6 +282,6 @@ def _describe(error: Exception) -> str:
         return error.strerror or str(error)
     reasons = []
     for entry in error.args[0] if error.args and isinstance(error.args[0], list) else []:
-        if isinstance(entry, tuple) and entry:
+        if isinstance(entry, tuple) and entry and entry[-1]:
             reasons.append(str(entry[-1]))
     return ", ".join(reasons) or str(error)

@@ -293,3 +293,41 @@ def test_empty_host_serves_ipv4_and_ipv6(pki, running):
     assert over_ipv4.status == 20
     assert over_ipv6.status == 20
     assert "Traceback" not in server.stderr()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message_part"),
+    [
+        (["--tls-cafile", "/nonexistent/ca.pem"], "--tls-cafile /nonexistent/ca.pem does not exist"),
+        (["--tls-capath", "/nonexistent/cas"], "--tls-capath /nonexistent/cas does not exist"),
+    ],
+)
+def test_missing_ca_option_one_line(arguments, message_part):
+    completed = subprocess.run(
+        [sys.executable, "-m", "jetforce", "--dir", str(CAPSULE), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=LOOPBACK_TIMEOUT,
+    )
+    lines = completed.stderr.strip().splitlines()
+    assert completed.returncode == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(f"jetforce: error: {message_part}")
+
+
+def test_failed_start_prints_only_its_error(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as occupier:
+        occupier.bind(("127.0.0.1", 0))
+        occupier.listen(1)
+        port = occupier.getsockname()[1]
+        completed = subprocess.run(
+            [sys.executable, "-m", "jetforce", "--dir", str(CAPSULE), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=LOOPBACK_TIMEOUT,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")},
+        )
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [
+        f"jetforce: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

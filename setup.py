@@ -27,6 +27,10 @@ setup(
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
+            # Pinned because tests/test_typing.py runs mypy, and other versions
+            # may report different errors.
+            "mypy==2.4.1",
+            "mypy-zope==1.0.17",
         ],
     },
     entry_points={"console_scripts": ["jetforce=jetforce.__main__:main"]},

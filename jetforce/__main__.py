@@ -282,7 +282,9 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) 
     # Start-up lines are held back until the server listens, so that a
     # start that fails prints its one error line and nothing else.
     held_lines: list[str] = []
-    server.log_message = held_lines.append  # type: ignore[method-assign]
+    # The instance attribute shadows the method until the del below. mypy
+    # compares the assigned callable with the unbound method, self included.
+    server.log_message = held_lines.append  # type: ignore[assignment]
     try:
         cgi = f"CGI scripts in {args.cgi_dir}" if args.cgi_dir.strip("/") else "CGI off"
         server.log.info("Serving {root}, {cgi}", root=str(server.app.root), cgi=cgi)

@@ -14,7 +14,8 @@ import re
 import time
 from collections.abc import Callable
 
-from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
+from zope.interface import implementer
 
 _ACCESS_TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -48,6 +49,7 @@ def _escape(text: str) -> str:
     return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", escaped)
 
 
+@implementer(ILogObserver)
 class LogRenderer:
     """twisted.logger observer that renders events at or above a level into lines."""
 

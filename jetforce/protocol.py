@@ -27,10 +27,10 @@ Every response, errors included, gets one access log line.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IHandshakeListener, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,6 +42,7 @@ from .wire import RequestLineReader, format_response_header
 
 if TYPE_CHECKING:
     from .server import GeminiServer
+    from .tls import GeminiTLSTransport
 
 # Gemini clients send the request right after the handshake; a connection
 # that has not sent a complete line this many seconds after accept is closed.
@@ -98,6 +99,18 @@ class GeminiProtocol(Protocol):
     def log(self) -> Any:
         return self.server.log
 
+    @property
+    def _tcp_transport(self) -> ITCPTransport | None:
+        """
+        The transport, or None before makeConnection.
+
+        Protocol declares it as an ITransport, but this protocol runs only on
+        Twisted's TCP transport, on GeminiTLSTransport, or on the HAProxy
+        wrapper, which provides the interfaces of the transport it wraps.
+        All of them provide ITCPTransport.
+        """
+        return cast("ITCPTransport | None", self.transport)
+
     def _set_state(self, new_state: ConnectionState) -> None:
         if new_state not in _ALLOWED_TRANSITIONS[self.state]:
             raise RuntimeError(f"connection from {self.remote_addr} cannot go from {self.state} to {new_state}")
@@ -106,7 +119,7 @@ class GeminiProtocol(Protocol):
     # Events from the transport.
 
     def connectionMade(self) -> None:
-        self.remote_addr = format_peer(self.transport.getPeer())
+        self._refresh_remote_addr()
         self.server.connection_opened(self)
         self._start_timer(self.server.request_timeout, self._request_timed_out)
 
@@ -157,15 +170,23 @@ class GeminiProtocol(Protocol):
         # With --proxy-protocol this protocol is connected at accept, before
         # the PROXY header has been read, so the client's address is only
         # known once bytes arrive.
-        self.remote_addr = format_peer(self.transport.getPeer())
+        transport = self._tcp_transport
+        if transport is None:
+            return
+        self.remote_addr = format_peer(transport.getPeer())
 
     # Request handling.
 
     def _respond(self, url: str) -> None:
+        transport = self._tcp_transport
+        if transport is None:
+            return
         self._set_state(ConnectionState.RESPONDING)
         self._url = url
         streamer = ResponseStreamer(
-            transport=self.transport,
+            # Every transport this protocol runs on has registerProducer and
+            # unregisterProducer, though not all declare IConsumer.
+            transport=cast(IConsumer, transport),
             clock=self.server.reactor,
             log=self.log,
             peer=self.remote_addr,
@@ -185,9 +206,13 @@ class GeminiProtocol(Protocol):
         streamer.start(body)
 
     def _tls_session(self) -> Any:
-        if not ISSLTransport.providedBy(self.transport):
+        transport = self.transport
+        if transport is None or not ISSLTransport.providedBy(transport):
             return None
-        return self.server.tls_options().describe_session(self.transport.getHandle())
+        # GeminiTLSTransport is the only ISSLTransport this protocol runs on,
+        # and its getHandle() returns the OpenSSL connection.
+        tls_transport = cast("GeminiTLSTransport", transport)
+        return self.server.tls_options().describe_session(tls_transport.getHandle())
 
     def _response_finished(self, outcome: ResponseOutcome) -> None:
         self._log_access(self._url, outcome)
@@ -197,9 +222,12 @@ class GeminiProtocol(Protocol):
 
     def _reject(self, error: RequestError) -> None:
         """Respond to a request that cannot be parsed with the error's status, then close."""
+        transport = self._tcp_transport
+        if transport is None:
+            return
         self._set_state(ConnectionState.RESPONDING)
         header = format_response_header(error.status, error.meta)
-        self.transport.write(header)
+        transport.write(header)
         self.log.info("{peer} bad request: {error}", peer=self.remote_addr, error=error.meta)
         outcome = ResponseOutcome(status=error.status, meta=error.meta, bytes_sent=len(header), complete=True)
         self._log_access(self._reader.preview(), outcome)
@@ -216,7 +244,7 @@ class GeminiProtocol(Protocol):
             url=self._url,
             timeout=self.server.write_timeout,
         )
-        self.transport.abortConnection()
+        self._abort_transport()
 
     def _close_timed_out(self) -> None:
         self._timeout_call = None
@@ -225,7 +253,7 @@ class GeminiProtocol(Protocol):
             peer=self.remote_addr,
             timeout=self.server.write_timeout,
         )
-        self.transport.abortConnection()
+        self._abort_transport()
 
     def _request_timed_out(self) -> None:
         self._timeout_call = None
@@ -245,10 +273,13 @@ class GeminiProtocol(Protocol):
     def _close(self) -> None:
         if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             return
+        transport = self._tcp_transport
+        if transport is None:
+            return
         self._set_state(ConnectionState.CLOSING)
         # Before the handshake completes the TLS transport aborts instead,
         # because no close_notify can be sent yet.
-        self.transport.loseConnection()
+        transport.loseConnection()
         if self.state is ConnectionState.CLOSING:
             self._start_timer(self.server.write_timeout, self._close_timed_out)
 
@@ -261,7 +292,12 @@ class GeminiProtocol(Protocol):
         # application's Deferred now, before the reactor may stop.
         if self._streamer is not None:
             self._streamer.stopProducing()
-        self.transport.abortConnection()
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
+        transport = self._tcp_transport
+        if transport is not None:
+            transport.abortConnection()
 
     def _start_timer(self, seconds: float, callback: Any) -> None:
         self._cancel_timeout()

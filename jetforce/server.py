@@ -13,16 +13,18 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from .__version__ import __version__
 from .certificates import ensure_self_signed_certificate
@@ -59,6 +61,11 @@ RESUME_ACCEPTING_RATIO = 0.9
 
 # Seconds that responses in flight get to finish after SIGTERM or SIGINT.
 SHUTDOWN_TIMEOUT = 10.0
+
+
+def _port_address(port: IListeningPort) -> IPv4Address | IPv6Address:
+    # Every port the server listens on is a TCP port, bound or adopted.
+    return cast("IPv4Address | IPv6Address", port.getHost())
 
 
 def transient_certs_from_environment() -> bool:
@@ -132,6 +139,8 @@ class GeminiServer(Factory):
         self._handshake_summary_call: Any = None
         self._accepting_paused = False
         self._shutdown: Deferred[None] | None = None
+        # Set by the SIGTERM and SIGINT handlers, so that a second signal exits at once.
+        self._stopping_by_signal = False
 
     # Hooks that applications written for Jetforce 1.0.0 override.
 
@@ -146,7 +155,7 @@ class GeminiServer(Factory):
         sys.stderr.flush()
 
     def on_bind_interface(self, port: IListeningPort) -> None:
-        address = port.getHost()
+        address = _port_address(port)
         host = f"[{address.host}]" if ":" in address.host else address.host
         self.log.info("Listening on {address}", address=f"{host}:{address.port}")
 
@@ -161,7 +170,7 @@ class GeminiServer(Factory):
     def identity(self) -> ServerIdentity:
         return self._identity
 
-    def build_transport_factory(self) -> Factory:
+    def build_transport_factory(self) -> IProtocolFactory:
         """Return the factory to listen with: this one, wrapped in TLS unless use_tls is off."""
         if not self.use_tls:
             return self
@@ -219,10 +228,10 @@ class GeminiServer(Factory):
                 self.on_bind_interface(port)
         else:
             for interface in self._interfaces():
-                port = self._listen(factory, interface)
-                if port is not None:
-                    self.listening_ports.append(port)
-                    self.on_bind_interface(port)
+                bound_port = self._listen(factory, interface)
+                if bound_port is not None:
+                    self.listening_ports.append(bound_port)
+                    self.on_bind_interface(bound_port)
 
         self.max_connections = self._fit_to_file_descriptor_limit(self.max_connections)
         self.reactor.addSystemEventTrigger("before", "shutdown", self.shutdown)
@@ -245,7 +254,7 @@ class GeminiServer(Factory):
             return ["::", "0.0.0.0"]
         return [self.host]
 
-    def _listen(self, factory: Factory, interface: str) -> IListeningPort | None:
+    def _listen(self, factory: IProtocolFactory, interface: str) -> IListeningPort | None:
         try:
             port = self._listen_endpoint(factory, interface)
         except CannotListenError:
@@ -257,27 +266,27 @@ class GeminiServer(Factory):
         # With port 0 the kernel picks the port; the environment and the
         # host checks must use the real one, and a second interface the same.
         if self.port == 0:
-            self.port = port.getHost().port
+            self.port = _port_address(port).port
             self._identity = ServerIdentity(self._identity.hostname, self.port)
         return port
 
-    def _adopt(self, factory: Factory, listener: socket.socket) -> IListeningPort:
+    def _adopt(self, factory: IProtocolFactory, listener: socket.socket) -> IListeningPort:
         endpoint = AdoptedStreamServerEndpoint(self.reactor, listener.fileno(), listener.family)
         port = self._listen_on(endpoint, factory)
         # Twisted listens on a duplicate and closes the adopted descriptor
         # itself, so the socket object must forget it without closing it.
         listener.detach()
         if self.port == 0:
-            self.port = port.getHost().port
+            self.port = _port_address(port).port
             self._identity = ServerIdentity(self._identity.hostname, self.port)
         return port
 
-    def _listen_endpoint(self, factory: Factory, interface: str) -> IListeningPort:
+    def _listen_endpoint(self, factory: IProtocolFactory, interface: str) -> IListeningPort:
         endpoint_class = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
         endpoint = endpoint_class(self.reactor, self.port, backlog=self.backlog, interface=interface)
         return self._listen_on(endpoint, factory)
 
-    def _listen_on(self, endpoint: Any, factory: Factory) -> IListeningPort:
+    def _listen_on(self, endpoint: Any, factory: IProtocolFactory) -> IListeningPort:
         if self.proxy_protocol:
             # The PROXY header comes before the TLS handshake, so its reader
             # wraps the TLS factory, nearest to the socket.
@@ -309,6 +318,7 @@ class GeminiServer(Factory):
     def _log_line(self, line: str) -> None:
         self.log_message(line)
 
+    @provider(ILogObserver)
     def _global_log_observer(self, event: dict[str, Any]) -> None:
         # Modules without a server at hand (static files, CGI) log to the
         # global publisher, and so does Twisted for unhandled errors. Their

@@ -37,7 +37,7 @@ from .errors import InvalidResponseHeader, ServerFault
 from .wire import format_response_header
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime, ITransport
+    from twisted.internet.interfaces import IConsumer, IReactorTime
 
 # Bytes and chunks pulled in one reactor turn before other connections get
 # a turn. Chunks are counted too, because a body of empty chunks, or of
@@ -71,7 +71,7 @@ class ResponseOutcome:
 class ResponseStreamer:
     def __init__(
         self,
-        transport: ITransport,
+        transport: IConsumer,
         clock: IReactorTime,
         log: Logger,
         peer: str,

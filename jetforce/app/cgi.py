@@ -31,7 +31,7 @@ import shutil
 import subprocess
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, succeed
@@ -44,6 +44,9 @@ from ..environ import cgi_environment
 from ..errors import CGIError, InvalidResponseHeader
 from ..wire import MAX_HEADER_LINE_BYTES, parse_response_header
 from .base import DeferredResponse
+
+if TYPE_CHECKING:
+    from twisted.internet.process import Process
 
 # Seconds a script has to write its header line.
 DEFAULT_CGI_TIMEOUT = 30.0
@@ -141,12 +144,26 @@ class CGIProcessProtocol(ProcessProtocol):
             raise RuntimeError(f"CGI script {self.script_name} cannot go from {self.state} to {new_state}")
         self.state = new_state
 
+    @property
+    def _process(self) -> Process | None:
+        """
+        The process transport, or None before makeConnection.
+
+        spawnProcess on POSIX connects this protocol to Twisted's Process,
+        which adds pauseProducing, resumeProducing and reapProcess to what
+        IProcessTransport declares.
+        """
+        return cast("Process | None", self.transport)
+
     # Process events.
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        process = self._process
+        if process is None:
+            return
+        self.pid = process.pid
         # Gemini requests have no body, so the script's stdin is closed.
-        self.transport.closeStdin()
+        process.closeStdin()
         self._timeout_call = self.clock.callLater(self._timeout, self._header_timed_out)
 
     def outReceived(self, data: bytes) -> None:
@@ -196,15 +213,20 @@ class CGIProcessProtocol(ProcessProtocol):
     def processExited(self, reason: Failure) -> None:
         self._exited = True
         self._exit_error = reason.value
-        self._kill_call = _cancel_call(self._kill_call)
-        self._reap_call = _cancel_call(self._reap_call)
+        _cancel_call(self._kill_call)
+        self._kill_call = None
+        _cancel_call(self._reap_call)
+        self._reap_call = None
         self._log_exit_once_known()
 
     def processEnded(self, reason: Failure) -> None:
         self._exited = True
-        self._timeout_call = _cancel_call(self._timeout_call)
-        self._kill_call = _cancel_call(self._kill_call)
-        self._reap_call = _cancel_call(self._reap_call)
+        _cancel_call(self._timeout_call)
+        self._timeout_call = None
+        _cancel_call(self._kill_call)
+        self._kill_call = None
+        _cancel_call(self._reap_call)
+        self._reap_call = None
 
     # The header.
 
@@ -225,7 +247,8 @@ class CGIProcessProtocol(ProcessProtocol):
             self._abandon(f"invalid header: {error.meta}", failed=True)
             return
 
-        self._timeout_call = _cancel_call(self._timeout_call)
+        _cancel_call(self._timeout_call)
+        self._timeout_call = None
         self._set_state(ScriptState.RELAYING_BODY)
         if rest:
             self._append_body(rest)
@@ -261,7 +284,7 @@ class CGIProcessProtocol(ProcessProtocol):
         self._buffered += len(data)
         if self._buffered > MAX_BUFFERED_BYTES and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pauseProducing()
+            self._pause_reading()
         self._deliver_waiting()
 
     def _take_chunk(self) -> bytes:
@@ -269,8 +292,18 @@ class CGIProcessProtocol(ProcessProtocol):
         self._buffered -= len(chunk)
         if self._reading_paused and self._buffered <= MAX_BUFFERED_BYTES // 2:
             self._reading_paused = False
-            self.transport.resumeProducing()
+            self._resume_reading()
         return chunk
+
+    def _pause_reading(self) -> None:
+        process = self._process
+        if process is not None:
+            process.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        process = self._process
+        if process is not None:
+            process.resumeProducing()
 
     def _deliver_waiting(self) -> None:
         waiting = self._waiting
@@ -305,17 +338,20 @@ class CGIProcessProtocol(ProcessProtocol):
         self._set_state(ScriptState.ABANDONED)
         self._abandon_reason = reason
         self._response_failed = failed
-        self._timeout_call = _cancel_call(self._timeout_call)
+        _cancel_call(self._timeout_call)
+        self._timeout_call = None
         self._header_buffer.clear()
         self._chunks.clear()
         self._buffered = 0
 
         if not self._stdout_closed:
-            self.transport.closeStdout()
+            process = self._process
+            if process is not None:
+                process.closeStdout()
             if self._reading_paused:
                 # Pausing also stopped stderr, whose last lines are still logged.
                 self._reading_paused = False
-                self.transport.resumeProducing()
+                self._resume_reading()
         else:
             # Most scripts close stdout by exiting, and one that has exited
             # needs no signal. A script still running when the reactor shuts
@@ -355,8 +391,11 @@ class CGIProcessProtocol(ProcessProtocol):
         self._signal("KILL")
 
     def _signal(self, name: str) -> None:
+        process = self._process
+        if process is None:
+            return
         try:
-            self.transport.signalProcess(name)
+            process.signalProcess(name)
         except internet_error.ProcessExitedAlready:
             pass
         except OSError as error:
@@ -384,8 +423,9 @@ class CGIProcessProtocol(ProcessProtocol):
     def _try_reap(self) -> None:
         # Twisted's Process.reapProcess() calls waitpid(WNOHANG) and, once
         # the process has exited, processExited() here.
-        if not self._exited:
-            self.transport.reapProcess()
+        process = self._process
+        if process is not None and not self._exited:
+            process.reapProcess()
 
     # Logging.
 
@@ -437,10 +477,9 @@ class CGIProcessProtocol(ProcessProtocol):
 
 
 def _cancel_call(call: IDelayedCall | None) -> None:
-    """Cancel a delayed call unless it has run. Returns None, for the attribute that held the call."""
+    """Cancel a delayed call unless it has run or was already cancelled."""
     if call is not None and call.active():
         call.cancel()
-    return None
 
 
 def build_cgi_environment(environ: dict[str, Any]) -> dict[str, str]:

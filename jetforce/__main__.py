@@ -22,6 +22,7 @@ from .app.base import RateLimiter
 from .app.cgi import DEFAULT_CGI_TIMEOUT
 from .app.static import StaticDirectoryApplication
 from .certificates import ensure_self_signed_certificate
+from .logs import format_address
 from .protocol import REQUEST_TIMEOUT, WRITE_TIMEOUT
 from .server import DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, SHUTDOWN_TIMEOUT, GeminiServer
 from .tls import CertificateMode, GeminiTLSOptions, ServerCredentials, TLSConfigurationError
@@ -293,7 +294,7 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket] | None = None) 
         return _fail(f"TLS configuration failed: {error}")
     except CannotListenError as error:
         reason = error.socketError.strerror if isinstance(error.socketError, OSError) else error.socketError
-        return _fail(f"cannot listen on {_format_address(error.interface, error.port)}: {reason}")
+        return _fail(f"cannot listen on {format_address(error.interface, error.port)}: {reason}")
     except (OSError, ValueError) as error:
         return _fail(f"start-up failed: {error}")
 
@@ -337,10 +338,6 @@ def _fail(message: str, status: int = 1) -> int:
     sys.stderr.write(f"{PROGRAM}: error: {message}\n")
     return status
 
-
-def _format_address(host: str, port: int) -> str:
-    host = host or "0.0.0.0"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":

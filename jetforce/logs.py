@@ -42,6 +42,12 @@ def format_access_line(
     return f'{remote_addr} [{timestamp}] "{_escape(url)}" {status_text} "{_escape(meta)}" {bytes_sent}'
 
 
+def format_address(host: str, port: int) -> str:
+    """Format host and port for messages, with an IPv6 host in brackets; an empty host is 0.0.0.0."""
+    host = host or "0.0.0.0"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _escape(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     # Control characters cannot reach a header or a valid URL, but a

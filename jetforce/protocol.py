@@ -130,18 +130,19 @@ class GeminiProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state is not ConnectionState.WAITING_FOR_REQUEST:
             return
-        self._refresh_remote_addr()
 
         try:
             url = self._reader.feed(data)
         except RequestError as error:
             self._cancel_timeout()
+            self._refresh_remote_addr()
             self._reject(error)
             return
         if url is None:
             return
 
         self._cancel_timeout()
+        self._refresh_remote_addr()
         self._respond(url)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:

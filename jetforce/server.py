@@ -29,10 +29,10 @@ from zope.interface import provider
 from .__version__ import __version__
 from .certificates import ensure_self_signed_certificate
 from .environ import ServerIdentity
-from .logs import LogRenderer, format_access_line
+from .logs import LogRenderer, format_access_line, format_address
 from .protocol import REQUEST_TIMEOUT, WRITE_TIMEOUT, ConnectionState, GeminiProtocol
 from .streaming import ResponseOutcome
-from .tls import CertificateMode, GeminiTLSFactory, GeminiTLSOptions, ServerCredentials
+from .tls import CertificateMode, GeminiTLSFactory, GeminiTLSOptions, ServerCredentials, describe_ssl_error
 from .wire import normalize_hostname
 
 # Connections the kernel queues before accept(). A burst of new Gemini
@@ -156,8 +156,7 @@ class GeminiServer(Factory):
 
     def on_bind_interface(self, port: IListeningPort) -> None:
         address = _port_address(port)
-        host = f"[{address.host}]" if ":" in address.host else address.host
-        self.log.info("Listening on {address}", address=f"{host}:{address.port}")
+        self.log.info("Listening on {address}", address=format_address(address.host, address.port))
 
     # Protocol factory.
 
@@ -487,11 +486,6 @@ class GeminiServer(Factory):
         if self.reactor.running:
             self.reactor.stop()
 
-    def set_log_level(self, level: LogLevel) -> None:
-        renderer = self.log.observer
-        if isinstance(renderer, LogRenderer):
-            renderer.level = level
-
 
 def _cancel_delayed_call(result: Any, call: Any) -> Any:
     if call.active():
@@ -505,8 +499,7 @@ def describe_connection_failure(reason: Failure) -> str:
 
     error = reason.value
     if isinstance(error, SSL.Error):
-        details = [entry[-1] for entry in (error.args[0] if error.args else []) if isinstance(entry, tuple)]
-        return ", ".join(str(detail) for detail in details) or "TLS error"
+        return describe_ssl_error(error)
     if isinstance(error, (ConnectionDone, ConnectionLost)):
         return "the client closed the connection before the handshake completed"
     return str(error) or type(error).__name__

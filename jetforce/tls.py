@@ -92,17 +92,6 @@ class ChainVerdict:
     def authorised(self) -> bool:
         return not self.failures
 
-    def describe_failures(self) -> str:
-        parts = [f"depth {depth}: {_verify_error_string(number)}" for depth, number in self.failures]
-        return "; ".join(parts)
-
-
-def _verify_error_string(error_number: int) -> str:
-    # pyOpenSSL exposes no wrapper for X509_verify_cert_error_string, so the
-    # binding that cryptography ships is used directly.
-    from OpenSSL._util import ffi, lib
-
-    return ffi.string(lib.X509_verify_cert_error_string(error_number)).decode("ascii", "replace")
 
 
 @dataclass(frozen=True)
@@ -151,9 +140,6 @@ class GeminiTLSOptions:
             client=client,
         )
 
-    def verdict_for(self, connection: SSL.Connection) -> ChainVerdict | None:
-        return self._verdicts.get(connection)
-
     def _make_context(self) -> SSL.Context:
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(MIN_TLS_VERSION)
@@ -197,12 +183,12 @@ class GeminiTLSOptions:
             context.use_certificate_chain_file(certfile)
         except (SSL.Error, OSError) as error:
             raise TLSConfigurationError(
-                f"cannot load the certificate chain from {certfile}: {_describe(error)}"
+                f"cannot load the certificate chain from {certfile}: {describe_ssl_error(error)}"
             ) from None
         try:
             context.use_privatekey_file(keyfile)
         except (SSL.Error, OSError) as error:
-            reason = _describe(error)
+            reason = describe_ssl_error(error)
             # OpenSSL compares the key with the loaded certificate while
             # loading it, so a mismatch surfaces here as "key values mismatch".
             if "mismatch" in reason:
@@ -224,7 +210,7 @@ class GeminiTLSOptions:
             context.load_verify_locations(cafile, capath)
         except (SSL.Error, OSError) as error:
             where = " and ".join(path for path in (cafile, capath) if path)
-            raise TLSConfigurationError(f"cannot load CA certificates from {where}: {_describe(error)}") from None
+            raise TLSConfigurationError(f"cannot load CA certificates from {where}: {describe_ssl_error(error)}") from None
 
     def _verify_callback(
         self, connection: SSL.Connection, certificate: crypto.X509, error_number: int, depth: int, ok: int
@@ -322,7 +308,7 @@ class GeminiTLSFactory(TLSMemoryBIOFactory):
         super().__init__(options, False, wrapped_factory, clock=clock)
 
 
-def _describe(error: Exception) -> str:
+def describe_ssl_error(error: Exception) -> str:
     """Turn an OpenSSL error stack or an OSError into one readable phrase."""
     if isinstance(error, OSError):
         return error.strerror or str(error)
@@ -330,4 +316,4 @@ def _describe(error: Exception) -> str:
     for entry in error.args[0] if error.args and isinstance(error.args[0], list) else []:
         if isinstance(entry, tuple) and entry and entry[-1]:
             reasons.append(str(entry[-1]))
-    return ", ".join(reasons) or str(error)
+    return ", ".join(reasons) or str(error) or "TLS error"

@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from .logs import format_address
+
 # A worker that dies sooner than this after its start counts as failing at
 # start-up. After MAX_QUICK_DEATHS of those in a row, the parent gives up.
 QUICK_DEATH_SECONDS = 2.0
@@ -52,17 +54,13 @@ def open_listening_sockets(host: str, port: int, backlog: int) -> list[socket.so
                 continue
             for opened in sockets:
                 opened.close()
-            raise OSError(error.errno, f"cannot listen on {_format_address(interface, port)}: {error.strerror}") from None
+            raise OSError(error.errno, f"cannot listen on {format_address(interface, port)}: {error.strerror}") from None
         listener.listen(backlog)
         listener.setblocking(False)
         # With port 0 the second interface must use the port the first got.
         port = listener.getsockname()[1]
         sockets.append(listener)
     return sockets
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class WorkerSupervisor:

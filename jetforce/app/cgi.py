@@ -25,6 +25,7 @@ later.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import re
 import shutil
@@ -517,31 +518,26 @@ def spawn_command(path: str) -> tuple[str, list[str], str | None]:
     return env, [env, "--chdir", directory, path], None
 
 
-_env_chdir_support: dict[str, str | None] = {}
-
-
+@functools.cache
 def _env_with_chdir() -> str | None:
-    """Return the path of an env command that supports --chdir (GNU coreutils 8.28 and later), or None."""
-    if "env" not in _env_chdir_support:
-        candidate = shutil.which("env", path=SAFE_PATH)
-        supported = None
-        if candidate is not None:
-            # Run once per process; it blocks the reactor for a few milliseconds.
-            try:
-                completed = subprocess.run(
-                    [candidate, "--chdir", "/", "true"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    timeout=5,
-                    env={"PATH": SAFE_PATH},
-                )
-            except (OSError, subprocess.SubprocessError):
-                completed = None
-            if completed is not None and completed.returncode == 0:
-                supported = candidate
-        _env_chdir_support["env"] = supported
-    return _env_chdir_support["env"]
+    """Return the path of an env command that accepts --chdir, as GNU coreutils' does, or None."""
+    candidate = shutil.which("env", path=SAFE_PATH)
+    if candidate is None:
+        return None
+
+    # Runs once per process, blocking the reactor for a few milliseconds.
+    try:
+        completed = subprocess.run(
+            [candidate, "--chdir", "/", "true"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=5,
+            env={"PATH": SAFE_PATH},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return candidate if completed.returncode == 0 else None
 
 
 def run_cgi_script(

@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,41 @@ def gemini_request(
                 data += chunk
     header, _, body = bytes(data).partition(b"\r\n")
     return GeminiResponse(header.decode("utf-8", "replace"), body, close_notify)
+
+
+def wait_for(condition: Callable[[], bool], message: str, timeout: float = LOOPBACK_TIMEOUT) -> None:
+    """Poll condition until it holds, or fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        # Polling a file, a log or /proc: the condition has no event to wait on.
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+
+
+def process_exists(pid: int) -> bool:
+    """Tell whether pid has a /proc entry, which a zombie still has until its parent reaps it."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+def process_has_exited(pid: int) -> bool:
+    """Tell whether pid has exited, counting a zombie that nobody reaps (its parent is gone) as exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+# The variables a CGI script receives for a request with a client certificate.
+CGI_ENVIRONMENT_KEYS = frozenset({
+    "GEMINI_URL", "HOSTNAME", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE",
+    "QUERY_STRING", "REMOTE_ADDR", "REMOTE_HOST", "TLS_CIPHER", "TLS_VERSION",
+    "AUTH_TYPE", "REMOTE_USER", "TLS_CLIENT_HASH", "TLS_CLIENT_HASH_B64", "TLS_CLIENT_NOT_BEFORE",
+    "TLS_CLIENT_NOT_AFTER", "TLS_CLIENT_SERIAL_NUMBER", "TLS_CLIENT_AUTHORISED",
+    "GATEWAY_INTERFACE", "SCRIPT_NAME", "PATH_INFO", "PATH",
+})  # fmt: skip
 
 
 def wait_for_exit(process: subprocess.Popen[bytes], timeout: float = LOOPBACK_TIMEOUT) -> int:

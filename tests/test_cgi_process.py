@@ -6,7 +6,6 @@ environment and back-pressure, deterministically and without processes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from jetforce.app.cgi import (
 from jetforce.errors import CGIError
 
 from .certs import self_signed
-from .harness import ClientTLSOptions, connect_memory, make_memory_server
+from .harness import CGI_ENVIRONMENT_KEYS, ClientTLSOptions, connect_memory, make_memory_server
 from .test_static_streaming import PEER, SlowClientTransport
 
 # The size of one read from a pipe in Twisted's process reader.
@@ -611,13 +610,7 @@ def test_request_environment_passed_to_script(capsule: Path) -> None:
     env = spawned.env
     script = str(capsule.resolve() / "cgi-bin" / "script")
     assert (spawned.executable, spawned.args, spawned.path) == spawn_command(script)
-    assert set(env) == {
-        "GEMINI_URL", "HOSTNAME", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE",
-        "QUERY_STRING", "REMOTE_ADDR", "REMOTE_HOST", "TLS_CIPHER", "TLS_VERSION",
-        "AUTH_TYPE", "REMOTE_USER", "TLS_CLIENT_HASH", "TLS_CLIENT_HASH_B64", "TLS_CLIENT_NOT_BEFORE",
-        "TLS_CLIENT_NOT_AFTER", "TLS_CLIENT_SERIAL_NUMBER", "TLS_CLIENT_AUTHORISED",
-        "GATEWAY_INTERFACE", "SCRIPT_NAME", "PATH_INFO", "PATH",
-    }  # fmt: skip
+    assert set(env) == CGI_ENVIRONMENT_KEYS
     assert env["GEMINI_URL"] == "gemini://localhost/cgi-bin/script/a/b?q=a%20b"
     assert env["SCRIPT_NAME"] == "/cgi-bin/script"
     assert env["PATH_INFO"] == "/a/b"

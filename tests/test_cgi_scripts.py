@@ -26,7 +26,16 @@ import pytest
 from jetforce.app.cgi import SAFE_PATH
 
 from .certs import self_signed
-from .harness import LOOPBACK_TIMEOUT, RunningServer, gemini_request, jetforce_command, start_process
+from .harness import (
+    CGI_ENVIRONMENT_KEYS,
+    LOOPBACK_TIMEOUT,
+    RunningServer,
+    gemini_request,
+    jetforce_command,
+    process_exists,
+    start_process,
+    wait_for,
+)
 
 # A server as an embedding application runs one: the reactor in a thread,
 # started with installSignalHandlers=False.
@@ -156,16 +165,6 @@ def script_pids(capsule: Path) -> Iterator[Callable[[str], int]]:
         path.unlink()
 
 
-def wait_for(condition: Callable[[], bool], message: str, timeout: float = LOOPBACK_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        # Polling a file or /proc: the condition has no event to wait on.
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
-
-
 def wait_for_log(server: RunningServer, pattern: str) -> None:
     """Wait until a line of the server's stderr matches the regular expression pattern."""
     expression = re.compile(pattern)
@@ -173,12 +172,6 @@ def wait_for_log(server: RunningServer, pattern: str) -> None:
         wait_for(lambda: expression.search(server.stderr()) is not None, f"{pattern!r} in the server log")
     except AssertionError as error:
         raise AssertionError(f"{error}; the log ends with:\n{server.stderr()[-3000:]}") from None
-
-
-def process_exists(pid: int) -> bool:
-    # A zombie still has a /proc entry, so this is also false only once
-    # the server has reaped the process.
-    return os.path.exists(f"/proc/{pid}")
 
 
 def open_request(port: int, url: str) -> ssl.SSLSocket:
@@ -216,13 +209,7 @@ def test_environment_is_exactly_the_request(server: RunningServer, script_pids: 
 
     assert response.header == "20 application/octet-stream"
     environ = read_environment(response.body)
-    assert set(environ) == {
-        "GEMINI_URL", "HOSTNAME", "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE",
-        "QUERY_STRING", "REMOTE_ADDR", "REMOTE_HOST", "TLS_CIPHER", "TLS_VERSION",
-        "AUTH_TYPE", "REMOTE_USER", "TLS_CLIENT_HASH", "TLS_CLIENT_HASH_B64", "TLS_CLIENT_NOT_BEFORE",
-        "TLS_CLIENT_NOT_AFTER", "TLS_CLIENT_SERIAL_NUMBER", "TLS_CLIENT_AUTHORISED",
-        "GATEWAY_INTERFACE", "SCRIPT_NAME", "PATH_INFO", "PATH",
-    }  # fmt: skip
+    assert set(environ) == CGI_ENVIRONMENT_KEYS
     assert environ["GEMINI_URL"] == "gemini://localhost/cgi-bin/environ/a%20b/?x=1%202"
     assert environ["SCRIPT_NAME"] == "/cgi-bin/environ"
     assert environ["PATH_INFO"] == "/a b/"

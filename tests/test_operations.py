@@ -6,12 +6,11 @@ import signal
 import socket
 import ssl
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from .harness import LOOPBACK_TIMEOUT, gemini_request, jetforce_command, start_process
+from .harness import LOOPBACK_TIMEOUT, gemini_request, jetforce_command, process_has_exited, start_process, wait_for
 
 SLOW_SCRIPT = """#!/bin/sh
 echo $$ > "{pid_file}"
@@ -30,15 +29,6 @@ def make_capsule(root: Path, seconds: float) -> Path:
     script.write_text(SLOW_SCRIPT.format(pid_file=root / "slow.pid", seconds=seconds))
     script.chmod(0o755)
     return root
-
-
-def wait_for(condition, timeout: float = LOOPBACK_TIMEOUT, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
 class BackgroundRequest(threading.Thread):
@@ -66,7 +56,7 @@ def test_sigterm_lets_response_in_flight_finish(tmp_path, capsule):
     try:
         request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
         request.start()
-        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+        wait_for((capsule / "slow.pid").exists, "the CGI script to start")
 
         server.process.send_signal(signal.SIGTERM)
         request.join(LOOPBACK_TIMEOUT)
@@ -87,7 +77,7 @@ def test_shutdown_timeout_cuts_slow_response(tmp_path):
     try:
         request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
         request.start()
-        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+        wait_for((capsule / "slow.pid").exists, "the CGI script to start")
 
         server.process.send_signal(signal.SIGTERM)
         exit_status = server.process.wait(timeout=LOOPBACK_TIMEOUT)
@@ -98,7 +88,7 @@ def test_shutdown_timeout_cuts_slow_response(tmp_path):
     assert exit_status == 0
     assert "aborting 1 connections, 1 of them mid-response" in server.stderr()
     script_pid = int((capsule / "slow.pid").read_text())
-    wait_for(lambda: not _process_exists(script_pid), message="the CGI script to end")
+    wait_for(lambda: process_has_exited(script_pid), "the CGI script to end")
 
 
 def test_second_signal_exits_at_once(tmp_path):
@@ -107,16 +97,16 @@ def test_second_signal_exits_at_once(tmp_path):
     try:
         request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
         request.start()
-        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+        wait_for((capsule / "slow.pid").exists, "the CGI script to start")
 
         server.process.send_signal(signal.SIGTERM)
-        wait_for(lambda: "Shutting down" in server.stderr(), message="the shutdown to start")
+        wait_for(lambda: "Shutting down" in server.stderr(), "the shutdown to start")
         server.process.send_signal(signal.SIGTERM)
         exit_status = server.process.wait(timeout=LOOPBACK_TIMEOUT)
     finally:
         server.stop()
         script_pid = int((capsule / "slow.pid").read_text())
-        if _process_exists(script_pid):
+        if not process_has_exited(script_pid):
             import os
 
             os.kill(script_pid, signal.SIGKILL)
@@ -129,9 +119,9 @@ def test_new_connections_refused_after_sigterm(tmp_path, capsule):
     try:
         request = BackgroundRequest(server.port, "gemini://localhost/cgi-bin/slow")
         request.start()
-        wait_for((capsule / "slow.pid").exists, message="the CGI script to start")
+        wait_for((capsule / "slow.pid").exists, "the CGI script to start")
         server.process.send_signal(signal.SIGTERM)
-        wait_for(lambda: "Shutting down" in server.stderr(), message="the shutdown to start")
+        wait_for(lambda: "Shutting down" in server.stderr(), "the shutdown to start")
 
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", server.port), timeout=LOOPBACK_TIMEOUT).close()
@@ -152,7 +142,7 @@ def test_client_that_stops_reading_is_aborted(tmp_path, capsule):
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"gemini://localhost/large.bin\r\n")
             tls.recv(100)
-            wait_for(lambda: "read nothing of the response" in server.stderr(), message="the write timeout")
+            wait_for(lambda: "read nothing of the response" in server.stderr(), "the write timeout")
     finally:
         server.stop()
 
@@ -163,7 +153,7 @@ def test_connection_cap_defers_accept(tmp_path, capsule):
     try:
         for _ in range(2):
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=LOOPBACK_TIMEOUT))
-        wait_for(lambda: "Reached 2 open connections" in server.stderr(), message="the connection cap")
+        wait_for(lambda: "Reached 2 open connections" in server.stderr(), "the connection cap")
 
         # The kernel completes the TCP handshake, but the server does not
         # accept, so this request waits until an idle connection closes.
@@ -183,27 +173,12 @@ def test_connection_cap_defers_accept(tmp_path, capsule):
         server.stop()
 
 
-def _process_exists(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still accepts signal 0, but it has exited all the same.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_workers_share_port_and_stop_together(tmp_path, capsule):
     import re
 
     server = start_process(jetforce_command("--dir", str(capsule), "--workers", "2"), tmp_path)
     try:
-        wait_for(lambda: server.stderr().count("Listening on") == 2, message="both workers to listen")
+        wait_for(lambda: server.stderr().count("Listening on") == 2, "both workers to listen")
         responses = [gemini_request(server.port, "gemini://localhost/") for _ in range(6)]
         worker_pids = [int(pid) for pid in re.findall(r"Started worker \d \(PID (\d+)\)", server.stderr())]
 
@@ -216,7 +191,7 @@ def test_workers_share_port_and_stop_together(tmp_path, capsule):
     assert len(worker_pids) == 2
     assert exit_status == 0
     for pid in worker_pids:
-        wait_for(lambda: not _process_exists(pid), message=f"worker {pid} to exit")
+        wait_for(lambda: process_has_exited(pid), f"worker {pid} to exit")
 
 
 def test_workers_report_port_in_use_once(tmp_path, capsule):

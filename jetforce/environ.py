@@ -30,7 +30,7 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 @dataclass(frozen=True)
 class ServerIdentity:
-    """The name and port a server answers for."""
+    """Hostname and port of the server, as URLs name them."""
 
     hostname: str
     port: int

@@ -1,5 +1,5 @@
 """
-Errors that carry the Gemini status to answer with.
+Errors that carry the Gemini status to respond with.
 
 Every error raised while reading a request or building a response derives
 from GeminiError, so the protocol maps an error to a response in one place:

@@ -3,7 +3,7 @@ Log rendering: the access log line and diagnostics from twisted.logger events.
 
 The server and its protocols log through twisted.logger with named fields.
 LogRenderer turns each event into one line (plus the traceback of a
-failure) and hands it to a sink, which GeminiServer points at its
+failure) and hands it to a sink. GeminiServer points the sink at its
 overridable log_message() hook, so applications written for Jetforce 1.0.0
 that override the hook still receive every message.
 """
@@ -34,8 +34,8 @@ def format_access_line(
 
     `<addr> [<dd/Mon/YYYY:HH:MM:SS +zzzz>] "<url>" <status> "<meta>" <bytes sent>`,
     where bytes sent counts the header and the body. Quotes and backslashes
-    in the URL and meta are escaped so that the line splits unambiguously;
-    a response that never got a header logs the status as "-".
+    in the URL and meta are escaped so that the line splits unambiguously.
+    A response that never got a header logs the status as "-".
     """
     timestamp = time.strftime(_ACCESS_TIME_FORMAT, time.localtime(when))
     status_text = "-" if status is None else str(status)

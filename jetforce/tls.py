@@ -14,7 +14,7 @@ to identify a user. This module builds one pyOpenSSL context instead:
   if no call reported a failure at any depth. Verdicts are kept in a
   WeakKeyDictionary keyed by the OpenSSL connection, because Twisted claims
   the connection's app data for its own protocol object.
-- The client must still prove that it holds the certificate's private key
+- The client must still prove that it has the certificate's private key
   (the CertificateVerify message): OpenSSL checks that apart from the
   callback, so a stolen certificate still fails the handshake.
 - GeminiTLSTransport closes TCP as soon as close_notify is sent, as the
@@ -168,7 +168,7 @@ class GeminiTLSOptions:
             context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, self._verify_callback)
             context.set_verify_depth(MAX_CLIENT_CHAIN_DEPTH)
             # NOTE: the certificate request names no acceptable CAs, so a
-            # client that picks its certificate by issuer sees no hint; a
+            # client that picks its certificate by issuer gets no hint; a
             # list would also steer clients away from transient ones.
         else:
             context.set_verify(SSL.VERIFY_NONE)

@@ -4,9 +4,9 @@ The Gemini wire format, without I/O.
 A request is one absolute URL in UTF-8, at most MAX_REQUEST_BYTES long,
 ended by CRLF. A response header is two digits, a space, a meta line of at
 most MAX_META_BYTES, and CRLF. RequestLineReader takes bytes as they arrive
-and returns the URL once the line is complete; the format and parse
+and returns the URL once the line is complete. The format and parse
 functions for response headers take and return plain values. Every fault
-raises an error from jetforce.errors that carries the status to answer with.
+raises an error from jetforce.errors that carries the status to respond with.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def parse_request_line(line: bytes) -> str:
 
 
 def check_request_url(url: str) -> SplitResult:
-    """Raise BadRequest unless url is an absolute URL that a server can answer."""
+    """Raise BadRequest unless url is an absolute URL that a server can respond to."""
     if not url:
         raise BadRequest("Request is empty, expected an absolute URL")
 

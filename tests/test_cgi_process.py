@@ -282,7 +282,7 @@ def test_no_output_answered_42_with_exit_status_logged() -> None:
     assert failure.value.meta == "CGI script /cgi-bin/test failed: no output on stdout"
     assert run.process.signals == []
     assert any(
-        "CGI script /cgi-bin/test (pid 40000) exited with status 3; answered 42: no output on stdout" in line
+        "CGI script /cgi-bin/test (pid 40000) exited with status 3; responded 42: no output on stdout" in line
         for line in run.log
     )
 
@@ -322,7 +322,7 @@ def test_script_ignoring_sigterm_gets_sigkill() -> None:
     assert run.process.signals == ["TERM", "KILL"]
     assert run.process.reaped
     assert any("still running 5 s after SIGTERM: sent SIGKILL" in line for line in run.log)
-    assert any("(pid 40000) was ended by signal 9; answered 42: no header within 10 s" in line for line in run.log)
+    assert any("(pid 40000) was ended by signal 9; responded 42: no header within 10 s" in line for line in run.log)
 
 
 def test_script_ending_on_sigterm_gets_no_sigkill() -> None:
@@ -771,7 +771,7 @@ def test_exit_before_output_is_read_logged_after_it() -> None:
     run.reactor.advance(0)
 
     assert run.process.signals == []
-    assert any("(pid 40000) exited with status 0; answered 42: invalid header" in line for line in run.log)
+    assert any("(pid 40000) exited with status 0; responded 42: invalid header" in line for line in run.log)
 
 
 def test_spawn_command_changes_to_script_directory() -> None:

@@ -278,7 +278,7 @@ def test_script_writing_nothing_answered_42(server: RunningServer, script_pids: 
     pid = script_pids("nothing")
 
     assert response.header == "42 CGI error"
-    wait_for_log(server, rf"\(pid {pid}\) exited with status 3; answered 42: no output on stdout")
+    wait_for_log(server, rf"\(pid {pid}\) exited with status 3; responded 42: no output on stdout")
     assert not process_exists(pid)
 
 
@@ -289,7 +289,7 @@ def test_bad_header_answered_42(server: RunningServer, script_pids: Callable[[st
     assert response.header == "42 CGI error"
     assert b"hello" not in response.body
     # The script may exit before or after the SIGTERM sent when its header fails.
-    wait_for_log(server, rf"\(pid {pid}\) (exited with status 0|was ended by signal 15); answered 42: invalid header")
+    wait_for_log(server, rf"\(pid {pid}\) (exited with status 0|was ended by signal 15); responded 42: invalid header")
 
 
 def test_huge_header_answered_42(server: RunningServer, script_pids: Callable[[str], int]) -> None:
@@ -361,7 +361,7 @@ def test_script_past_time_limit_answered_42_and_ended(tmp_path: Path) -> None:
         wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", "the PID file")
         pid = int(pid_file.read_text())
         wait_for(lambda: not process_exists(pid), "the script to end")
-        wait_for_log(running, rf"\(pid {pid}\) was ended by signal 15; answered 42: no header within {SHORT_SCRIPT_TIMEOUT:g} s")
+        wait_for_log(running, rf"\(pid {pid}\) was ended by signal 15; responded 42: no header within {SHORT_SCRIPT_TIMEOUT:g} s")
     finally:
         running.stop()
         if pid_file.exists() and process_exists(int(pid_file.read_text())):

@@ -36,16 +36,16 @@ CERTIFICATE_KEYS = [
 
 
 def environment_app() -> JetforceApplication:
-    """An application that answers with the certificate part of its environment as JSON."""
+    """Return an application that responds with the certificate part of its environment as JSON."""
     app = JetforceApplication()
 
     @app.route("")
     def show(request):
         environ = request.environ
-        shown = {key: environ[key] for key in CERTIFICATE_KEYS + ["TLS_VERSION", "TLS_CIPHER"] if key in environ}
-        shown["has_certificate_object"] = environ["client_certificate"] is not None
-        shown["authorised_type"] = type(environ.get("TLS_CLIENT_AUTHORISED")).__name__
-        return Response(Status.SUCCESS, "application/json", json.dumps(shown))
+        reported = {key: environ[key] for key in CERTIFICATE_KEYS + ["TLS_VERSION", "TLS_CIPHER"] if key in environ}
+        reported["has_certificate_object"] = environ["client_certificate"] is not None
+        reported["authorised_type"] = type(environ.get("TLS_CLIENT_AUTHORISED")).__name__
+        return Response(Status.SUCCESS, "application/json", json.dumps(reported))
 
     return app
 
@@ -220,7 +220,7 @@ def test_handshake_without_sni_uses_default_certificate(pki):
     options = ClientTLSOptions(pki["self_signed"], server_name=None)
     connection = connect_memory(server, b"gemini://127.0.0.1/\r\n", options)
 
-    # The URL names another host than the server's, so the answer is 53,
+    # The URL names another host than the server's, so the response is 53,
     # which proves that the handshake completed without SNI.
     assert connection.client.header.startswith(b"53 ")
 

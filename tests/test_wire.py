@@ -30,7 +30,7 @@ def test_reader_accepts_url_of_maximum_length():
     assert RequestLineReader().feed(url + b"\r\n") == url.decode()
 
 
-def test_reader_waits_for_lf_after_maximum_length_and_cr():
+def test_reader_waits_after_cr_at_limit():
     reader = RequestLineReader()
     url = url_of_length(MAX_REQUEST_BYTES)
     assert reader.feed(url + b"\r") is None

@@ -2,7 +2,8 @@
 CGI scripts run as child processes, with their output relayed as it arrives.
 
 run_cgi_script() spawns the script with spawnProcess and returns a
-DeferredResponse at once, so the reactor never waits on a script. The first
+DeferredResponse at once, so the reactor does not wait on a script (only the
+one-time check of env --chdir at the first request blocks it briefly). The first
 line of the script's stdout is the Gemini header, checked like any other;
 the rest is the body, handed to the server chunk by chunk through
 Deferreds. When more than MAX_BUFFERED_BYTES wait for a slow client,
@@ -454,7 +455,7 @@ class CGIProcessProtocol(ProcessProtocol):
         if self._abandon_reason is not None:
             fields["reason"] = self._abandon_reason
             if self._response_failed:
-                self.log.warn("{peer} CGI script {script} (pid {pid}) {outcome}; answered 42: {reason}", **fields)
+                self.log.warn("{peer} CGI script {script} (pid {pid}) {outcome}; responded 42: {reason}", **fields)
             else:
                 self.log.info("{peer} CGI script {script} (pid {pid}) {outcome} after it was abandoned: {reason}", **fields)
         elif exit_code != 0 or signal_number is not None:
@@ -503,7 +504,7 @@ def spawn_command(path: str) -> tuple[str, list[str], str | None]:
     """
     Return (executable, arguments, working directory) that run the script at path in its own directory.
 
-    RFC 3875 asks for the script's directory as its working directory.
+    RFC 3875 recommends the script's directory as its working directory.
     Twisted starts a child with posix_spawn() only when it keeps the
     server's working directory, and otherwise forks the whole server
     process, which costs the server about three times the CPU per request.

@@ -17,7 +17,7 @@ class CompositeApplication:
 
     application_map maps hostnames (any case, Unicode or punycode) to
     applications; the key None names the default for every other host. The
-    chosen application sees HOSTNAME set to the request's host, so its
+    chosen application gets HOSTNAME set to the request's host, so its
     routes treat that host as their own. A host with no application and no
     default is answered 53.
     """

@@ -3,9 +3,9 @@ Per-client rate limiting in fixed windows.
 
 A rate "N/[P]u" allows N requests per P units (s, m, h or d; P defaults to
 1) for each key, which is the client address unless get_key() is
-overridden. The window of a key starts with its first request; a request
-over the limit is answered 44 with the seconds left in the window as meta,
-which Gemini clients read as the time to wait.
+overridden. The window of a key starts with its first request. A request
+over the limit gets 44 with the seconds left in the window as meta, which
+Gemini clients read as the time to wait.
 """
 
 from __future__ import annotations
